@@ -1,0 +1,80 @@
+"""The warehouse interface every layer talks to.
+
+Implementations: :mod:`.duckdb` (embedded default), :mod:`.postgres` (production),
+:mod:`.bigquery` (scale-out). SQL passed in uses ``?`` placeholders and plain ANSI SQL that
+all of them accept; table names are ``schema.table``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+Params = tuple[Any, ...] | list[Any] | None
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse operation failed; the message names the table or statement."""
+
+
+class Warehouse(Protocol):
+    kind: str
+
+    def execute(self, sql: str, params: Params = None) -> None: ...
+
+    def query_arrow(self, sql: str, params: Params = None) -> pa.Table: ...
+
+    def iter_arrow(
+        self, sql: str, params: Params = None, batch_rows: int = 100_000
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a query's result in record batches (flat memory)."""
+        ...
+
+    def scalar(self, sql: str, params: Params = None) -> Any: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Everything executed inside commits together or not at all."""
+        ...
+
+    def table_exists(self, table: str) -> bool: ...
+
+    def columns(self, table: str) -> dict[str, str]:
+        """Column name -> warehouse type name (lower case), in table order."""
+        ...
+
+    def create_table(self, table: str, schema: pa.Schema) -> None:
+        """Create ``table`` (and its schema) from an Arrow schema if it does not exist."""
+        ...
+
+    def add_columns(self, table: str, schema: pa.Schema) -> None:
+        """Add the given columns to an existing table."""
+        ...
+
+    def append_arrow(self, table: str, data: pa.Table | Iterable[pa.RecordBatch]) -> int:
+        """Bulk-append Arrow data (matched by column name); return rows written."""
+        ...
+
+    def replace_arrow(self, table: str, data: pa.Table) -> int:
+        """Replace the whole table with ``data`` atomically."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def split_name(table: str) -> tuple[str, str]:
+    schema, _, name = table.rpartition(".")
+    if not schema or not name:
+        raise WarehouseError(f"table name {table!r} must be 'schema.table'")
+    return schema, name
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(table: str) -> str:
+    schema, name = split_name(table)
+    return f"{quote_ident(schema)}.{quote_ident(name)}"

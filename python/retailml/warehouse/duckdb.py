@@ -1,0 +1,160 @@
+"""DuckDB warehouse: the embedded default. Arrow in and out natively, no copies."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from .base import Params, WarehouseError, qualified, quote_ident, split_name
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_boolean(arrow_type):
+        return "BOOLEAN"
+    if pa.types.is_integer(arrow_type):
+        return "BIGINT"
+    if pa.types.is_floating(arrow_type):
+        return "DOUBLE"
+    if pa.types.is_decimal(arrow_type):
+        return f"DECIMAL({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ" if arrow_type.tz else "TIMESTAMP"
+    if pa.types.is_date(arrow_type):
+        return "DATE"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "VARCHAR"
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return "BLOB"
+    if isinstance(arrow_type, pa.ExtensionType) and arrow_type.extension_name == "arrow.json":
+        return "JSON"
+    raise WarehouseError(f"no DuckDB type for Arrow type {arrow_type}")
+
+
+class DuckDBWarehouse:
+    kind = "duckdb"
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise WarehouseError(
+                f"cannot open DuckDB warehouse {path}: {exc}. Another process (a running "
+                "pipeline?) may hold it; DuckDB allows one writer process at a time."
+            ) from exc
+        self._lock = threading.RLock()
+        self._con.execute("SET TimeZone = 'UTC'")
+
+    # -- queries --------------------------------------------------------------------
+    def execute(self, sql: str, params: Params = None) -> None:
+        with self._lock:
+            self._con.execute(sql, params or [])
+
+    def query_arrow(self, sql: str, params: Params = None) -> pa.Table:
+        with self._lock:
+            return self._con.execute(sql, params or []).fetch_arrow_table()
+
+    def iter_arrow(
+        self, sql: str, params: Params = None, batch_rows: int = 100_000
+    ) -> Iterator[pa.RecordBatch]:
+        with self._lock:
+            cursor = self._con.cursor()
+        reader = cursor.execute(sql, params or []).fetch_record_batch(batch_rows)
+        try:
+            yield from reader
+        finally:
+            cursor.close()
+
+    def scalar(self, sql: str, params: Params = None) -> Any:
+        with self._lock:
+            row = self._con.execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                yield
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            else:
+                self._con.execute("COMMIT")
+
+    # -- tables ---------------------------------------------------------------------
+    def table_exists(self, table: str) -> bool:
+        schema, name = split_name(table)
+        return bool(
+            self.scalar(
+                "select count(*) from information_schema.tables "
+                "where table_schema = ? and table_name = ?",
+                [schema, name],
+            )
+        )
+
+    def columns(self, table: str) -> dict[str, str]:
+        schema, name = split_name(table)
+        rows = self.query_arrow(
+            "select column_name, lower(data_type) as data_type from information_schema.columns "
+            "where table_schema = ? and table_name = ? order by ordinal_position",
+            [schema, name],
+        ).to_pylist()
+        return {r["column_name"]: r["data_type"] for r in rows}
+
+    def create_table(self, table: str, schema: pa.Schema) -> None:
+        schema_name, _ = split_name(table)
+        cols = ", ".join(f"{quote_ident(f.name)} {duckdb_type(f.type)}" for f in schema)
+        with self._lock:
+            self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema_name)}")
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS {qualified(table)} ({cols})")
+
+    def add_columns(self, table: str, schema: pa.Schema) -> None:
+        for field in schema:
+            self.execute(
+                f"ALTER TABLE {qualified(table)} ADD COLUMN IF NOT EXISTS "
+                f"{quote_ident(field.name)} {duckdb_type(field.type)}"
+            )
+
+    def append_arrow(self, table: str, data: pa.Table | Iterable[pa.RecordBatch]) -> int:
+        rows = 0
+        batches = data.to_batches() if isinstance(data, pa.Table) else data
+        with self._lock:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                self._con.register("__retailml_append", batch)
+                try:
+                    self._con.execute(
+                        f"INSERT INTO {qualified(table)} BY NAME SELECT * FROM __retailml_append"
+                    )
+                finally:
+                    self._con.unregister("__retailml_append")
+                rows += batch.num_rows
+        return rows
+
+    def replace_arrow(self, table: str, data: pa.Table) -> int:
+        schema_name, _ = split_name(table)
+        with self._lock:
+            self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema_name)}")
+            self._con.register("__retailml_replace", data)
+            try:
+                self._con.execute(
+                    f"CREATE OR REPLACE TABLE {qualified(table)} AS "
+                    "SELECT * FROM __retailml_replace"
+                )
+            finally:
+                self._con.unregister("__retailml_replace")
+        return data.num_rows
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
