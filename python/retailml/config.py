@@ -56,7 +56,8 @@ class Settings(BaseSettings):
 
     # -- models and serving
     model_store: str | None = Field(
-        None, description="Folder or s3://bucket/prefix for model artifacts. Default: <data_dir>/models"
+        None,
+        description="Folder or s3://bucket/prefix for model artifacts. Default: <data_dir>/models",
     )
     model_encryption_key: SecretStr | None = None
     online_store: Literal["embedded", "redis"] = "embedded"

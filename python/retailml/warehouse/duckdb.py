@@ -31,7 +31,7 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
         return "VARCHAR"
     if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         return "BLOB"
-    if isinstance(arrow_type, pa.ExtensionType) and arrow_type.extension_name == "arrow.json":
+    if getattr(arrow_type, "extension_name", None) == "arrow.json":
         return "JSON"
     raise WarehouseError(f"no DuckDB type for Arrow type {arrow_type}")
 
@@ -60,16 +60,15 @@ class DuckDBWarehouse:
 
     def query_arrow(self, sql: str, params: Params = None) -> pa.Table:
         with self._lock:
-            return self._con.execute(sql, params or []).fetch_arrow_table()
+            return self._con.sql(sql, params=params or None).to_arrow_table()
 
     def iter_arrow(
         self, sql: str, params: Params = None, batch_rows: int = 100_000
     ) -> Iterator[pa.RecordBatch]:
         with self._lock:
             cursor = self._con.cursor()
-        reader = cursor.execute(sql, params or []).fetch_record_batch(batch_rows)
         try:
-            yield from reader
+            yield from cursor.sql(sql, params=params or None).to_arrow_reader(batch_rows)
         finally:
             cursor.close()
 

@@ -54,7 +54,7 @@ def postgres_type(arrow_type: pa.DataType) -> str:
         return "text"
     if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         return "bytea"
-    if isinstance(arrow_type, pa.ExtensionType) and arrow_type.extension_name == "arrow.json":
+    if getattr(arrow_type, "extension_name", None) == "arrow.json":
         return "jsonb"
     raise WarehouseError(f"no PostgreSQL type for Arrow type {arrow_type}")
 
@@ -67,7 +67,7 @@ def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Make a batch CSV-writable for COPY: JSON extension -> text, ns timestamps -> us."""
     arrays, fields = [], []
     for field, column in zip(batch.schema, batch.columns, strict=True):
-        if isinstance(field.type, pa.ExtensionType):
+        if isinstance(field.type, pa.BaseExtensionType):
             column = column.storage
             field = pa.field(field.name, column.type)
         if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
@@ -116,9 +116,9 @@ class PostgresWarehouse:
     def _copy_out(self, sql: str, params: Params) -> Iterator[bytes]:
         with self._lock, self._con.cursor() as cur:
             statement = f"COPY ({sql}) TO STDOUT (FORMAT csv)"
-            if params:
-                statement = cur.mogrify(_to_pg_placeholders(statement), params)
-            with cur.copy(statement) as copy:
+            if params:  # COPY takes no server-side parameters: psycopg binds them client-side
+                statement = _to_pg_placeholders(statement)
+            with cur.copy(statement, params) as copy:
                 yield from (bytes(chunk) for chunk in copy)
 
     def query_arrow(self, sql: str, params: Params = None) -> pa.Table:
@@ -143,9 +143,7 @@ class PostgresWarehouse:
 
     def scalar(self, sql: str, params: Params = None) -> Any:
         with self._lock:
-            row = self._con.execute(
-                _to_pg_placeholders(sql) if params else sql, params
-            ).fetchone()
+            row = self._con.execute(_to_pg_placeholders(sql) if params else sql, params).fetchone()
         return None if row is None else row[0]
 
     @contextmanager

@@ -1,0 +1,142 @@
+"""The load ledger and the quarantine: bookkeeping tables committed with the rows they describe."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from ..warehouse.base import Warehouse
+
+LEDGER_TABLE = "raw._load_ledger"
+QUARANTINE_TABLE = "raw._quarantine"
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("batch_id", pa.string()),
+        ("source", pa.string()),  # 's3' or 'mongo'
+        ("target_table", pa.string()),
+        ("object_key", pa.string()),  # s3://bucket/key, or mongo://db/collection
+        ("object_version", pa.string()),  # S3 ETag, or the Mongo watermark reached
+        ("status", pa.string()),  # 'loaded' or 'quarantined'
+        ("row_count", pa.int64()),
+        ("checksum", pa.string()),
+        ("loaded_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("batch_id", pa.string()),
+        ("source", pa.string()),
+        ("object_key", pa.string()),
+        ("record", pa.string()),  # the offending record as text, or null for a whole object
+        ("error", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def new_batch_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def ensure_bookkeeping(warehouse: Warehouse) -> None:
+    warehouse.create_table(LEDGER_TABLE, LEDGER_SCHEMA)
+    warehouse.create_table(QUARANTINE_TABLE, QUARANTINE_SCHEMA)
+
+
+def ledger_row(
+    *,
+    batch_id: str,
+    source: str,
+    target_table: str,
+    object_key: str,
+    object_version: str,
+    status: str,
+    row_count: int,
+    checksum: str,
+) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "batch_id": batch_id,
+                "source": source,
+                "target_table": target_table,
+                "object_key": object_key,
+                "object_version": object_version,
+                "status": status,
+                "row_count": row_count,
+                "checksum": checksum,
+                "loaded_at": utcnow(),
+            }
+        ],
+        schema=LEDGER_SCHEMA,
+    )
+
+
+@dataclass(frozen=True)
+class QuarantinedRecord:
+    object_key: str
+    error: str
+    record: str | None = None
+
+
+def quarantine_table(batch_id: str, source: str, records: list[QuarantinedRecord]) -> pa.Table:
+    now = utcnow()
+    return pa.Table.from_pylist(
+        [
+            {
+                "batch_id": batch_id,
+                "source": source,
+                "object_key": r.object_key,
+                "record": r.record,
+                "error": r.error,
+                "quarantined_at": now,
+            }
+            for r in records
+        ],
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+@dataclass
+class LoadReport:
+    """What one ingestion run did, for logs and flow artifacts."""
+
+    batch_id: str
+    objects_loaded: int = 0
+    objects_skipped: int = 0
+    rows_loaded: int = 0
+    quarantined: list[QuarantinedRecord] = field(default_factory=list)
+    by_table: dict[str, int] = field(default_factory=dict)
+
+    def add_rows(self, table: str, rows: int) -> None:
+        self.rows_loaded += rows
+        self.by_table[table] = self.by_table.get(table, 0) + rows
+
+    def merge(self, other: LoadReport) -> None:
+        self.objects_loaded += other.objects_loaded
+        self.objects_skipped += other.objects_skipped
+        self.quarantined.extend(other.quarantined)
+        for table, rows in other.by_table.items():
+            self.add_rows(table, rows)
+
+    def summary(self) -> str:
+        text = (
+            f"batch {self.batch_id}: {self.rows_loaded} rows from {self.objects_loaded} "
+            f"objects/collections ({self.objects_skipped} already loaded)"
+        )
+        if self.by_table:
+            text += "; " + ", ".join(f"{t}={n}" for t, n in sorted(self.by_table.items()))
+        if self.quarantined:
+            text += f"; QUARANTINED {len(self.quarantined)} (see {QUARANTINE_TABLE}): " + "; ".join(
+                f"{q.object_key}: {q.error}" for q in self.quarantined[:5]
+            )
+        return text

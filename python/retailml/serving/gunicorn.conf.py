@@ -1,0 +1,60 @@
+"""gunicorn configuration of the prediction API (production).
+
+    gunicorn -c python/retailml/serving/gunicorn.conf.py
+
+or ``retailml serve`` (which loads this file). Environment:
+
+- ``RETAILML_API_HOST`` / ``RETAILML_API_PORT`` (settings) or ``RETAILML_API_BIND``;
+- ``RETAILML_API_WORKERS`` (default 2), ``RETAILML_API_THREADS`` (default 4, gthread);
+- ``RETAILML_API_TIMEOUT`` (default 30 s).
+
+Each worker is one process with one BLAS/OpenMP thread: scoring is small and the workers
+already use the cores, so more threads per worker only oversubscribe them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from retailml.config import load_settings
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+_settings = load_settings()
+
+wsgi_app = "retailml.serving.app:create_app()"
+bind = [os.environ.get("RETAILML_API_BIND") or f"{_settings.api_host}:{_settings.api_port}"]
+workers = int(os.environ.get("RETAILML_API_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("RETAILML_API_THREADS", "4"))
+timeout = int(os.environ.get("RETAILML_API_TIMEOUT", "30"))
+graceful_timeout = 30
+keepalive = 5
+preload_app = False  # each worker builds its own app, clients and model after the fork
+max_requests = 20_000
+max_requests_jitter = 2_000
+limit_request_line = 4094
+limit_request_fields = 50
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("RETAILML_API_LOG_LEVEL", "info")
+proc_name = "retailml-api"
+
+
+def on_starting(server) -> None:
+    """Give the workers a fresh Prometheus multiprocess directory (``/metrics`` sums them)."""
+    path = Path(
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or _settings.data_dir / "prometheus_multiproc"
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one app: request counts and latencies, predictions, model version.
+
+Each app gets its own :class:`~prometheus_client.CollectorRegistry` (tests build many apps).
+Under gunicorn with several workers ``PROMETHEUS_MULTIPROC_DIR`` is set (see
+``gunicorn.conf.py``) and ``/metrics`` aggregates every worker's files instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServingMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "retailml_http_requests",
+            "HTTP requests by endpoint and status.",
+            ["method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "retailml_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "retailml_predictions",
+            "Scored customers by model and feature source.",
+            ["model", "source"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "retailml_model_version",
+            "Version of the served model (0: none loaded).",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.prediction_log_dropped = Counter(
+            "retailml_prediction_log_dropped",
+            "Predictions that could not be written to the prediction log spool.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text (all workers' metrics in multiprocess mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

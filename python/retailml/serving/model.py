@@ -1,0 +1,294 @@
+"""The served model: loaded from the registry, swapped in the background when production moves.
+
+Requests take a reference to the current :class:`ServedModel` once and use it to the end, so
+a swap never changes the model under an in-flight request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from ..features.spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+
+log = logging.getLogger(__name__)
+
+REFERENCE_KEY = "feature_reference"
+
+
+class ModelVersionLike(Protocol):
+    name: str
+    version: int
+    metrics: dict[str, Any]
+    training_fingerprint: dict[str, Any]
+    created_at: Any
+    artifact_sha256: str
+
+
+class LoadedModelLike(Protocol):
+    version: ModelVersionLike
+    model: Any
+
+
+class RegistryLike(Protocol):
+    """The part of ``retailml.registry`` serving uses."""
+
+    def load(self, name: str, version_or_alias: str = "production") -> LoadedModelLike: ...
+
+    def get(self, name: str, version_or_alias: str = "production") -> ModelVersionLike: ...
+
+
+class PredictionError(RuntimeError):
+    """The model rejected the features (the pipeline raised while scoring)."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def reference_values(pipeline: Any, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-feature training reference values for explanations.
+
+    Taken from ``training_fingerprint["feature_reference"]`` when training recorded it
+    (median / most frequent value per feature); otherwise read from the fitted pipeline:
+    the statistics of a ``SimpleImputer`` or the mean of a ``StandardScaler`` in the
+    ``ColumnTransformer``. Features with no known reference are left out.
+    """
+    recorded = fingerprint.get(REFERENCE_KEY) if isinstance(fingerprint, Mapping) else None
+    if isinstance(recorded, Mapping):
+        return {f: recorded[f] for f in FEATURES if f in recorded and recorded[f] is not None}
+    found: dict[str, Any] = {}
+    for _, step in getattr(pipeline, "steps", None) or []:
+        for _, transformer, columns in getattr(step, "transformers_", None) or []:
+            if not isinstance(columns, list | tuple) or not all(
+                isinstance(c, str) for c in columns
+            ):
+                continue
+            inner_steps = [s for _, s in getattr(transformer, "steps", None) or []] or [transformer]
+            for inner in inner_steps:
+                stats = getattr(inner, "statistics_", None)
+                if stats is None:
+                    stats = getattr(inner, "mean_", None)
+                if stats is None or len(stats) != len(columns):
+                    continue
+                for col, value in zip(columns, stats, strict=True):
+                    if col in FEATURES and col not in found:
+                        found[col] = value.item() if isinstance(value, np.generic) else value
+                break
+    return found
+
+
+@dataclass
+class ServedModel:
+    """One loaded, verified model version and what serving derives from it."""
+
+    name: str
+    version: int
+    pipeline: Any
+    metrics: dict[str, Any]
+    training_fingerprint: dict[str, Any]
+    created_at: Any
+    artifact_sha256: str
+    loaded_at: str
+    reference: dict[str, Any] = field(default_factory=dict)
+    positive_index: int = -1
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModelLike) -> ServedModel:
+        mv, pipeline = loaded.version, loaded.model
+        classes = list(getattr(pipeline, "classes_", []))
+        positive = next((i for i, c in enumerate(classes) if c in (1, True, "1", "true")), -1)
+        fingerprint = dict(mv.training_fingerprint or {})
+        return cls(
+            name=mv.name,
+            version=int(mv.version),
+            pipeline=pipeline,
+            metrics=dict(mv.metrics or {}),
+            training_fingerprint=fingerprint,
+            created_at=mv.created_at,
+            artifact_sha256=mv.artifact_sha256,
+            loaded_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            reference=reference_values(pipeline, fingerprint),
+            positive_index=positive,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return _jsonable(
+            {
+                "name": self.name,
+                "version": self.version,
+                "created_at": self.created_at,
+                "artifact_sha256": self.artifact_sha256,
+                "loaded_at": self.loaded_at,
+                "metrics": self.metrics,
+                "training_fingerprint": self.training_fingerprint,
+            }
+        )
+
+    def _proba(self, frame: pd.DataFrame) -> np.ndarray:
+        try:
+            proba = self.pipeline.predict_proba(frame)
+        except Exception as exc:  # the pipeline's own validation (e.g. NaN without imputer)
+            raise PredictionError(
+                f"model {self.name} v{self.version} could not score: {exc}"
+            ) from exc
+        positive = np.asarray(proba, dtype="float64")[:, self.positive_index]
+        if not np.isfinite(positive).all():
+            raise PredictionError(f"model {self.name} v{self.version} returned a non-finite score")
+        return positive
+
+    def score(self, records: Sequence[Mapping[str, Any]]) -> list[float]:
+        """Churn probability per feature record (records hold every feature in FEATURES)."""
+        return [float(p) for p in self._proba(to_frame(records))]
+
+    def explain(self, records: Sequence[Mapping[str, Any]], top: int = 5) -> list[list[dict]]:
+        """Top contributions per record: score minus the score with the feature at its reference.
+
+        One ``predict_proba`` call over ``len(records) * (1 + features)`` rows.
+        """
+        features = [f for f in FEATURES if f in self.reference]
+        if not records or not features:
+            return [[] for _ in records]
+        rows: list[dict[str, Any]] = []
+        for record in records:
+            rows.append(dict(record))
+            for f in features:
+                rows.append({**record, f: self.reference[f]})
+        proba = self._proba(to_frame(rows))
+        width = 1 + len(features)
+        out: list[list[dict]] = []
+        for i, record in enumerate(records):
+            base = proba[i * width]
+            contributions = [
+                {
+                    "feature": f,
+                    "value": _jsonable(record[f]),
+                    "reference": _jsonable(self.reference[f]),
+                    "contribution": float(base - proba[i * width + 1 + j]),
+                }
+                for j, f in enumerate(features)
+            ]
+            contributions.sort(key=lambda c: abs(c["contribution"]), reverse=True)
+            out.append(contributions[:top])
+        return out
+
+
+def to_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Feature records as the DataFrame the pipeline was trained on (column order, dtypes)."""
+    frame = pd.DataFrame([{f: r.get(f) for f in FEATURES} for r in records], columns=list(FEATURES))
+    for col in NUMERIC_FEATURES:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    for col in CATEGORICAL_FEATURES:
+        frame[col] = frame[col].astype(object)
+    return frame
+
+
+class ModelHolder:
+    """Holds the served model; checks the registry at most every ``refresh_s`` seconds.
+
+    :meth:`current` never blocks on the registry: when a check is due it starts one
+    background thread that compares ``registry.get(name, alias).version`` with the served
+    version and, if it moved, loads and verifies the new one before swapping the reference.
+    A failed load keeps the old model and is reported in :meth:`status`.
+    """
+
+    def __init__(
+        self,
+        registry: RegistryLike,
+        name: str = "churn",
+        alias: str = "production",
+        *,
+        refresh_s: float = 30.0,
+        on_swap: Callable[[ServedModel], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.name = name
+        self.alias = alias
+        self.refresh_s = refresh_s
+        self.on_swap = on_swap
+        self._clock = clock
+        self._model: ServedModel | None = None
+        self._last_check = -math.inf
+        self._last_error: str | None = None
+        self._lock = threading.Lock()
+        self._refreshing: threading.Thread | None = None
+
+    # -- reading -----------------------------------------------------------------------
+    def current(self) -> ServedModel | None:
+        """The served model (``None`` before a first successful load); may start a refresh."""
+        if self._clock() - self._last_check >= self.refresh_s:
+            self.refresh_async()
+        return self._model
+
+    def status(self) -> dict[str, Any]:
+        model = self._model
+        return {
+            "loaded": model is not None,
+            "version": None if model is None else model.version,
+            "last_error": self._last_error,
+        }
+
+    # -- loading -----------------------------------------------------------------------
+    def load_now(self) -> ServedModel | None:
+        """Check the registry and load a new version synchronously (startup, admin reload)."""
+        with self._lock:
+            self._last_check = self._clock()
+        return self._check()
+
+    def refresh_async(self) -> threading.Thread | None:
+        """Start a background check unless one is running; return the thread started."""
+        with self._lock:
+            if self._refreshing is not None and self._refreshing.is_alive():
+                return None
+            self._last_check = self._clock()
+            thread = threading.Thread(target=self._check, name="model-refresh", daemon=True)
+            self._refreshing = thread
+        thread.start()
+        return thread
+
+    def _check(self) -> ServedModel | None:
+        try:
+            latest = self.registry.get(self.name, self.alias)
+            served = self._model
+            if served is not None and int(latest.version) == served.version:
+                self._last_error = None
+                return served
+            model = ServedModel.from_loaded(self.registry.load(self.name, self.alias))
+        except Exception as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("cannot load model %s@%s: %s", self.name, self.alias, self._last_error)
+            return self._model
+        previous = self._model
+        self._model = model
+        self._last_error = None
+        log.info(
+            "serving %s v%s (was %s)",
+            model.name,
+            model.version,
+            None if previous is None else previous.version,
+        )
+        if self.on_swap is not None:
+            self.on_swap(model)
+        return model

@@ -1,0 +1,328 @@
+"""The prediction log: a durable local spool written off the hot path, flushed to the warehouse.
+
+Requests hand records to :class:`PredictionLogger` (an in-memory queue, never blocking); its
+writer thread appends them in batches to :class:`PredictionSpool`, a SQLite file in WAL mode
+with ``synchronous=FULL`` under ``<data_dir>/prediction_log/``. Several gunicorn workers may
+share the file. :func:`flush_prediction_log` moves spooled rows into ``mlops.prediction_log``
+and deletes them from the spool only after the warehouse committed, so a warehouse outage
+loses nothing; a crash between commit and delete is caught by a request_id check on the next
+flush (at-least-once delivery with duplicate suppression).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from ..warehouse.base import Warehouse, qualified, quote_ident
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger(__name__)
+
+PREDICTION_LOG_TABLE = "mlops.prediction_log"
+
+PREDICTION_LOG_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("predicted_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.int64(), nullable=False),
+        pa.field("customer_id", pa.string()),
+        # JSON text: the warehouse interface has no JSON column type mapping that works yet.
+        pa.field("features", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("latency_ms", pa.float64(), nullable=False),
+    ]
+)
+_COLUMNS = tuple(PREDICTION_LOG_SCHEMA.names)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    request_id: str
+    predicted_at: dt.datetime
+    model_name: str
+    model_version: int
+    customer_id: str | None
+    features: Mapping[str, Any]
+    score: float
+    latency_ms: float
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.request_id,
+            self.predicted_at.astimezone(dt.UTC).isoformat(),
+            self.model_name,
+            int(self.model_version),
+            self.customer_id,
+            json.dumps(dict(self.features), separators=(",", ":"), default=str),
+            float(self.score),
+            float(self.latency_ms),
+        )
+
+
+class PredictionSpool:
+    """Append-only SQLite spool of prediction rows (one connection per thread and process)."""
+
+    def __init__(self, path: Path | str, *, timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is not None and self._local.pid == os.getpid():
+            return con
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        con.execute("pragma journal_mode=wal")
+        con.execute("pragma synchronous=full")
+        con.execute(
+            "create table if not exists spool (seq integer primary key autoincrement, "
+            "request_id text not null, predicted_at text not null, model_name text not null, "
+            "model_version integer not null, customer_id text, features text not null, "
+            "score real not null, latency_ms real not null)"
+        )
+        self._local.con, self._local.pid = con, os.getpid()
+        return con
+
+    def append(self, records: list[PredictionRecord]) -> int:
+        if not records:
+            return 0
+        con = self._con()
+        cols = ", ".join(_COLUMNS)
+        with con:  # one transaction, one fsync
+            con.executemany(
+                f"insert into spool ({cols}) values ({', '.join('?' * len(_COLUMNS))})",
+                [r.row() for r in records],
+            )
+        return len(records)
+
+    def read_batch(self, limit: int) -> tuple[int, pa.Table]:
+        """The oldest ``limit`` rows as Arrow (warehouse schema) and the last ``seq`` read."""
+        rows = (
+            self._con()
+            .execute(f"select seq, {', '.join(_COLUMNS)} from spool order by seq limit ?", [limit])
+            .fetchall()
+        )
+        if not rows:
+            return 0, PREDICTION_LOG_SCHEMA.empty_table()
+        columns = list(zip(*rows, strict=True))
+        data: dict[str, Any] = dict(zip(_COLUMNS, columns[1:], strict=True))
+        data["predicted_at"] = [dt.datetime.fromisoformat(v) for v in data["predicted_at"]]
+        return int(columns[0][-1]), pa.table(
+            {name: list(values) for name, values in data.items()}, schema=PREDICTION_LOG_SCHEMA
+        )
+
+    def delete_through(self, seq: int) -> None:
+        con = self._con()
+        with con:
+            con.execute("delete from spool where seq <= ?", [seq])
+
+    def count(self) -> int:
+        return int(self._con().execute("select count(*) from spool").fetchone()[0])
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+def prediction_spool_path(settings: Settings) -> Path:
+    return settings.data_dir / "prediction_log" / "spool.sqlite3"
+
+
+def open_prediction_spool(settings: Settings) -> PredictionSpool:
+    return PredictionSpool(prediction_spool_path(settings))
+
+
+class PredictionLogger:
+    """Non-blocking front of the spool: ``log`` enqueues, a daemon thread writes batches.
+
+    When the queue is full (the disk stalls) records are dropped and counted rather than
+    slowing requests down; ``on_drop`` lets the app export that count as a metric.
+    """
+
+    def __init__(
+        self,
+        spool: PredictionSpool,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.batch_size = batch_size
+        self.on_drop = on_drop
+        self.dropped = 0
+        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(max_queue)
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    def _ensure_thread(self) -> None:
+        # Started on first use, so a logger built before a fork gets a thread per process.
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="prediction-log", daemon=True
+                )
+                self._thread.start()
+                atexit.register(self.close)
+
+    def log(self, records: list[PredictionRecord]) -> None:
+        if self._closed:
+            return
+        self._ensure_thread()
+        for i, record in enumerate(records):
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                lost = len(records) - i
+                self.dropped += lost
+                if self.on_drop is not None:
+                    self.on_drop(lost)
+                log.warning("prediction log queue full: dropped %d records", lost)
+                return
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            batch: list[PredictionRecord] = []
+            done = 1
+            if item is None:
+                stop = True
+            else:
+                batch.append(item)
+            while not stop and len(batch) < self.batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                done += 1
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            try:
+                self.spool.append(batch)
+            except Exception:  # keep the thread alive; the records are lost, say so
+                self.dropped += len(batch)
+                if self.on_drop is not None:
+                    self.on_drop(len(batch))
+                log.exception("cannot write %d records to the prediction spool", len(batch))
+            finally:
+                for _ in range(done):
+                    self._queue.task_done()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything logged so far is in the spool; False on timeout."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+
+        def waiter() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued and stop the writer thread."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=timeout_s)
+            thread.join(timeout_s)
+
+
+def _already_loaded(warehouse: Warehouse, batch: pa.Table) -> set[str]:
+    """Request ids of ``batch`` the warehouse already has (a flush that died after commit)."""
+    ids = batch.column("request_id").to_pylist()
+    table = qualified(PREDICTION_LOG_TABLE)
+    rid = quote_ident("request_id")
+    if not warehouse.scalar(f"select count(*) from {table} where {rid} = ?", [ids[0]]):
+        return set()
+    present: set[str] = set()
+    for start in range(0, len(ids), 1_000):
+        chunk = ids[start : start + 1_000]
+        marks = ", ".join("?" * len(chunk))
+        result = warehouse.query_arrow(f"select {rid} from {table} where {rid} in ({marks})", chunk)
+        present.update(result.column(0).to_pylist())
+    return present
+
+
+def flush_prediction_log(
+    spool: PredictionSpool | Path | str, warehouse: Warehouse, *, batch_rows: int = 10_000
+) -> int:
+    """Move spooled predictions into ``mlops.prediction_log``; return rows written.
+
+    Each batch is appended in a warehouse transaction and removed from the spool only after
+    the commit. If the warehouse fails the error propagates and the spool keeps the rows.
+    """
+    if not isinstance(spool, PredictionSpool):
+        spool = PredictionSpool(spool)
+    with _flush_lock(spool.path):
+        return _flush(spool, warehouse, batch_rows)
+
+
+@contextlib.contextmanager
+def _flush_lock(path: Path) -> Iterator[None]:
+    """One flusher per spool at a time (the duplicate check assumes it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".flush.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _flush(spool: PredictionSpool, warehouse: Warehouse, batch_rows: int) -> int:
+    if not warehouse.table_exists(PREDICTION_LOG_TABLE):
+        warehouse.create_table(PREDICTION_LOG_TABLE, PREDICTION_LOG_SCHEMA)
+    written = 0
+    first = True
+    while True:
+        last_seq, batch = spool.read_batch(batch_rows)
+        if batch.num_rows == 0:
+            return written
+        if first:  # only the first batch can overlap a previous, interrupted flush
+            present = _already_loaded(warehouse, batch)
+            if present:
+                keep = pa.array([r not in present for r in batch.column("request_id").to_pylist()])
+                batch = batch.filter(keep)
+                log.warning("skipping %d already-loaded spooled predictions", len(present))
+            first = False
+        if batch.num_rows:
+            with warehouse.transaction():
+                warehouse.append_arrow(PREDICTION_LOG_TABLE, batch)
+        spool.delete_through(last_seq)
+        written += batch.num_rows
