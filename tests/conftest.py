@@ -22,7 +22,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from retailml.config import Settings
 from retailml.sources import local_services
 
@@ -162,7 +161,9 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def local_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_services.LocalEndpoints]:
+def local_sources(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[local_services.LocalEndpoints]:
     services_dir = tmp_path_factory.mktemp("services")
     endpoints = local_services.ensure_running(services_dir)
     yield endpoints
@@ -188,7 +189,9 @@ def settings(
 
 
 @pytest.fixture
-def pg_settings(settings: Settings, postgres_server: dict[str, object], pg_database: str) -> Settings:
+def pg_settings(
+    settings: Settings, postgres_server: dict[str, object], pg_database: str
+) -> Settings:
     return settings.model_copy(
         update={
             "warehouse": "postgres",

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     )
     mongo_database: str = "shop"
 
+    # -- transforms
+    dbt_project_dir: Path | None = Field(
+        None, description="Default: the repository's dbt_project/ (profiles in profiles/)"
+    )
+
     # -- business
     shop_timezone: str = "Europe/Amsterdam"
     churn_horizon_days: int = 30
@@ -78,6 +83,18 @@ class Settings(BaseSettings):
     @property
     def api_keys_path(self) -> Path:
         return self.api_keys_file or self.data_dir / "api_keys.json"
+
+    @property
+    def dbt_dir(self) -> Path:
+        if self.dbt_project_dir:
+            return self.dbt_project_dir
+        here = Path(__file__).resolve()
+        for parent in here.parents:
+            if (parent / "dbt_project" / "dbt_project.yml").exists():
+                return parent / "dbt_project"
+        raise FileNotFoundError(
+            "cannot find dbt_project/ above the installed package: set RETAILML_DBT_PROJECT_DIR"
+        )
 
     @property
     def truth_dir(self) -> Path:

@@ -35,25 +35,41 @@ customer_members as (
 
 special_members as (
 
-    -- -1: a customer_id the customer extract does not (yet) contain; -2: guest checkout
-    {% for member_sk, member_id in [(-1, 'unknown'), (-2, 'guest')] %}
-        select
-            cast({{ member_sk }} as {{ dbt.type_bigint() }}) as customer_sk,
-            '{{ member_id }}' as customer_id,
-            cast(null as {{ dbt.type_string() }}) as email_hash,
-            '{{ member_id }}' as country,
-            '{{ member_id }}' as city,
-            '{{ member_id }}' as loyalty_tier,
-            '{{ member_id }}' as signup_channel,
-            false as has_marketing_opt_in,
-            true as is_current,
-            cast(null as date) as signup_date,
-            cast(null as {{ type_timestamptz() }}) as signed_up_at,
-            cast(null as {{ type_timestamptz() }}) as updated_at,
-            cast(null as {{ type_timestamptz() }}) as valid_from,
-            cast(null as {{ type_timestamptz() }}) as valid_to
-        {% if not loop.last %}union all{% endif %}
-    {% endfor %}
+    -- -1: a customer_id the customer extract does not (yet) contain
+    select
+        cast(-1 as {{ dbt.type_bigint() }}) as customer_sk,
+        'unknown' as customer_id,
+        cast(null as {{ dbt.type_string() }}) as email_hash,
+        'unknown' as country,
+        'unknown' as city,
+        'unknown' as loyalty_tier,
+        'unknown' as signup_channel,
+        false as has_marketing_opt_in,
+        true as is_current,
+        cast(null as date) as signup_date,
+        cast(null as {{ type_timestamptz() }}) as signed_up_at,
+        cast(null as {{ type_timestamptz() }}) as updated_at,
+        cast(null as {{ type_timestamptz() }}) as valid_from,
+        cast(null as {{ type_timestamptz() }}) as valid_to
+
+    union all
+
+    -- -2: guest checkout (no customer_id)
+    select
+        cast(-2 as {{ dbt.type_bigint() }}) as customer_sk,
+        'guest' as customer_id,
+        cast(null as {{ dbt.type_string() }}) as email_hash,
+        'guest' as country,
+        'guest' as city,
+        'guest' as loyalty_tier,
+        'guest' as signup_channel,
+        false as has_marketing_opt_in,
+        true as is_current,
+        cast(null as date) as signup_date,
+        cast(null as {{ type_timestamptz() }}) as signed_up_at,
+        cast(null as {{ type_timestamptz() }}) as updated_at,
+        cast(null as {{ type_timestamptz() }}) as valid_from,
+        cast(null as {{ type_timestamptz() }}) as valid_to
 
 ),
 

@@ -1,1 +1,1 @@
-
+"""dbt transforms, run programmatically."""

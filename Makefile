@@ -1,0 +1,53 @@
+# Two commands matter: `make demo` and `make test`. Everything installs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export PREFECT_HOME ?= $(CURDIR)/.retailml/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+
+.PHONY: install demo test lint format unit integration e2e bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: simulate a year of a small shop, run the whole pipeline, serve the API
+demo: install
+	$(BIN)/retailml demo
+
+## make test: lint, then unit + integration + end-to-end tests (dbt build on DuckDB and PostgreSQL)
+test: install lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check python flows tests benchmarks
+	$(BIN)/ruff format --check python flows tests benchmarks
+	cd dbt_project && ../$(BIN)/dbt deps --profiles-dir ../profiles --quiet >/dev/null 2>&1 || true
+	RETAILML_DUCKDB_PATH=$(CURDIR)/.retailml/lint.duckdb $(BIN)/sqlfluff lint dbt_project
+
+format: install
+	$(BIN)/ruff check --fix python flows tests benchmarks
+	$(BIN)/ruff format python flows tests benchmarks
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install
+	$(BIN)/pytest tests/integration
+
+e2e: install
+	$(BIN)/pytest tests/e2e
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	-$(BIN)/retailml services down
+	rm -rf .retailml dbt_project/target dbt_project/logs

@@ -1,0 +1,173 @@
+"""The pipeline's stages as plain functions: build clients from settings, call the layer, close.
+
+The CLI (``retailml <stage>``) and the Prefect flows (``flows/``) both call these, so a stage
+behaves the same whether a person or the scheduler runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+from . import runtime
+from .config import Settings
+from .warehouse import Warehouse
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@contextmanager
+def _warehouse(settings: Settings) -> Iterator[Warehouse]:
+    warehouse = runtime.open_warehouse(settings)
+    try:
+        yield warehouse
+    finally:
+        warehouse.close()
+
+
+@dataclass(frozen=True)
+class SimulateOptions:
+    days: int = 365
+    seed: int = 42
+    start_date: date = date(2025, 1, 1)
+    initial_customers: int = 2000
+    new_customers_per_day: float = 6.0
+    n_products: int = 200
+    drift_start: date | None = None
+
+
+def simulate(settings: Settings, options: SimulateOptions, progress: Progress = _quiet) -> Any:
+    """Simulate ``options.days`` more days of the business into S3 and MongoDB."""
+    from .simulate import SimulationConfig, simulate_days
+
+    config = SimulationConfig(
+        seed=options.seed,
+        start_date=options.start_date,
+        initial_customers=options.initial_customers,
+        new_customers_per_day=options.new_customers_per_day,
+        n_products=options.n_products,
+        drift_start=options.drift_start,
+    )
+    summary = simulate_days(
+        config,
+        options.days,
+        objects=runtime.open_object_store(settings, create_bucket=True),
+        db=runtime.open_mongo(settings),
+        truth_dir=settings.truth_dir,
+        state_dir=settings.data_dir / "simulator",
+        progress=progress,
+    )
+    progress(f"simulated: {summary}")
+    return summary
+
+
+def ingest(settings: Settings, progress: Progress = _quiet) -> Any:
+    """Extract new S3 objects and MongoDB documents into the warehouse's raw tables."""
+    from .ingest import ingest_all
+
+    objects = runtime.open_object_store(settings)
+    db = runtime.open_mongo(settings)
+    with _warehouse(settings) as warehouse:
+        report = ingest_all(warehouse, objects, db, prefix=settings.s3_prefix, progress=progress)
+    progress(f"ingested: {report.summary()}")
+    return report
+
+
+def transform(
+    settings: Settings, command: tuple[str, ...] = ("build",), progress: Progress = _quiet
+) -> Any:
+    """Run dbt (``build`` by default) against the configured warehouse."""
+    from .transforms.dbt import run_dbt
+
+    return run_dbt(settings, command, progress=progress)
+
+
+def train(
+    settings: Settings, models: tuple[str, ...] = ("churn", "demand"), progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Train, evaluate and register the models; promotion goes through the registry's gate."""
+    from .training.churn import train_churn
+    from .training.demand import train_demand
+
+    results: dict[str, Any] = {}
+    with _warehouse(settings) as warehouse:
+        registry = runtime.open_registry(settings, warehouse)
+        if "churn" in models:
+            results["churn"] = train_churn(
+                warehouse, registry, horizon_days=settings.churn_horizon_days, progress=progress
+            )
+            progress(f"trained churn: {results['churn']}")
+        if "demand" in models:
+            results["demand"] = train_demand(warehouse, registry, progress=progress)
+            progress(f"trained demand: {results['demand']}")
+    return results
+
+
+def score(settings: Settings, progress: Progress = _quiet) -> Any:
+    """Batch-score every customer with the production churn model into the warehouse."""
+    from .training.scoring import score_customers
+
+    with _warehouse(settings) as warehouse:
+        registry = runtime.open_registry(settings, warehouse)
+        result = score_customers(warehouse, registry, progress=progress)
+    progress(f"scored: {result}")
+    return result
+
+
+def materialize(settings: Settings, progress: Progress = _quiet) -> int:
+    """Copy current customer features and forecasts into the online store for the API."""
+    from .features.materialize import materialize_online_features
+
+    with _warehouse(settings) as warehouse:
+        rows = materialize_online_features(warehouse, runtime.open_online_store(settings))
+    progress(f"materialized {rows} customer feature rows into the online store")
+    return rows
+
+
+def monitor(settings: Settings, progress: Progress = _quiet) -> Any:
+    """Drift check of the current features against the production model's reference."""
+    from .monitoring.drift import check_drift
+    from .serving.prediction_log import flush_prediction_log, open_spool
+
+    with _warehouse(settings) as warehouse:
+        flushed = flush_prediction_log(open_spool(settings), warehouse)
+        progress(f"moved {flushed} logged predictions into the warehouse")
+        registry = runtime.open_registry(settings, warehouse)
+        report = check_drift(warehouse, registry)
+    progress(f"drift: {report}")
+    return report
+
+
+STAGES: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("ingest", ingest),
+    ("transform", transform),
+    ("train", train),
+    ("score", score),
+    ("materialize", materialize),
+    ("monitor", monitor),
+)
+
+
+def daily(settings: Settings, progress: Progress = _quiet) -> dict[str, Any]:
+    """Every stage in order; the first failing stage stops the run with its error."""
+    results: dict[str, Any] = {}
+    for name, stage in STAGES:
+        progress(f"== {name}")
+        results[name] = stage(settings, progress=progress)
+    return results
+
+
+def describe(result: Any) -> str:
+    """A one-line description of a stage result for logs and flow artifacts."""
+    if hasattr(result, "summary") and callable(result.summary):
+        return str(result.summary())
+    if hasattr(result, "__dataclass_fields__"):
+        return str(asdict(result))
+    return str(result)
