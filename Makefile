@@ -46,7 +46,7 @@ e2e: install
 	$(BIN)/pytest tests/e2e
 
 bench: install
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@set -e; for b in $(wildcard benchmarks/*.py); do echo "== $$b"; $(BIN)/python $$b; done
 
 clean:
 	-$(BIN)/retailml services down
