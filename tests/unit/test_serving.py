@@ -6,6 +6,8 @@ import datetime as dt
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,7 +218,7 @@ def record(i: int) -> dict[str, Any]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+    return Settings(data_dir=tmp_path / "data", _env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.fixture
@@ -443,6 +445,7 @@ def test_key_file_is_hashed_and_private(keys_path, tokens):
     keys = auth.list_keys(keys_path)
     assert [k.name for k in keys if not k.revoked] == ["shop-frontend", "ops"]
     assert all(len(k.token_sha256) == 64 for k in keys)
+    assert all(k.token_sha256 not in f"{k!s} {k!r}" for k in keys)  # listings omit the digest
     verified = auth.KeyStore(keys_path).verify(tokens["predict"])
     assert verified is not None and verified.scopes == ("predict",)
 
@@ -889,7 +892,7 @@ def test_flush_after_a_crash_between_commit_and_delete_adds_no_duplicates(
         warehouse.create_table(PREDICTION_LOG_TABLE, PREDICTION_LOG_SCHEMA)
         warehouse.append_arrow(PREDICTION_LOG_TABLE, batch)
         assert flush_prediction_log(spool, warehouse) == 0
-        assert warehouse.scalar(f"select count(*) from {PREDICTION_LOG_TABLE}") == 2
+        assert warehouse.query_arrow(f"select * from {PREDICTION_LOG_TABLE}").num_rows == 2
         assert spool.count() == 0
     finally:
         warehouse.close()
@@ -932,3 +935,93 @@ def test_gunicorn_options(settings, monkeypatch):
     assert options["preload_app"] is False
     assert callable(options["child_exit"])
     assert os.environ["OMP_NUM_THREADS"] == "1"
+
+
+# -- the real registry, built from settings ------------------------------------------------
+def test_create_app_from_settings_with_the_real_registry(settings, store, keys_path, tokens):
+    from retailml import runtime
+
+    registry = runtime.open_registry(settings)
+    try:
+        version = registry.register(
+            "churn",
+            train_pipeline(0),
+            kind="sklearn",
+            params={},
+            metrics={"roc_auc": 0.8},
+            fingerprint={"rows": 600},
+        )
+        registry.promote("churn", version.version, metric="roc_auc")
+    finally:
+        registry.warehouse.close()
+
+    app = create_app(
+        settings,
+        online_store=store,
+        key_store_path=keys_path,
+        config={**APP_CONFIG, "RETAILML_PREDICTION_LOG": False},
+    )
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    body = client.get("/v1/models/churn", headers=bearer(tokens["predict"])).get_json()
+    assert body["version"] == 1
+    assert body["artifact_sha256"] == version.artifact_sha256
+    # the app holds no warehouse connection between registry checks: another process (the
+    # pipeline) can open the embedded warehouse for writing
+    code = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
+    probe = subprocess.run(
+        [sys.executable, "-c", code, str(settings.duckdb_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_short_lived_registry_retries_the_open_and_closes_the_warehouse(registry):
+    from retailml.serving.model import ShortLivedRegistry
+
+    class Warehouse:
+        closed = 0
+
+        def close(self) -> None:
+            Warehouse.closed += 1
+
+    failures = [RuntimeError("Could not set lock on file"), RuntimeError("still locked")]
+
+    def open_registry() -> FakeRegistry:
+        if failures:
+            raise failures.pop(0)
+        registry.warehouse = Warehouse()
+        return registry
+
+    waits: list[float] = []
+    short = ShortLivedRegistry(open_registry, attempts=3, sleep=waits.append)
+    assert short.get("churn").version == 1
+    assert waits == [pytest.approx(0.2), pytest.approx(0.4)]
+    assert short.load("churn").version.version == 1
+    assert Warehouse.closed == 2
+    failures.extend(RuntimeError("locked") for _ in range(3))
+    with pytest.raises(RuntimeError, match="locked"):
+        short.get("churn")
+
+
+def test_holder_retries_sooner_while_no_model_is_loaded(pipeline):
+    registry = FakeRegistry()
+    now = [0.0]
+    holder = ModelHolder(registry, refresh_s=30.0, retry_s=5.0, clock=lambda: now[0])
+    assert holder.load_now() is None
+    registry.publish(pipeline)
+    now[0] = 4.0
+    assert holder.current() is None and holder._refreshing is None
+    now[0] = 5.0
+    holder.current()
+    holder._refreshing.join(10)
+    assert holder.current().version == 1
+
+
+def test_a_model_without_predict_proba_is_not_served(registry):
+    registry.publish(object())
+    holder = ModelHolder(registry)
+    assert holder.load_now() is None
+    assert "predict_proba" in holder.status()["last_error"]

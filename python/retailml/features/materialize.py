@@ -52,15 +52,16 @@ def materialize_online_features(
 
     Rows stream from the warehouse in batches; the store swaps the new set in at the end.
     """
-    if not warehouse.table_exists(CUSTOMER_FEATURES_TABLE):
+    available = warehouse.columns(CUSTOMER_FEATURES_TABLE)  # empty when the table is missing
+    if not available:
         raise WarehouseError(
             f"{CUSTOMER_FEATURES_TABLE} does not exist: run the transforms (dbt build) first"
         )
-    sql = customer_features_sql(warehouse.columns(CUSTOMER_FEATURES_TABLE))
+    sql = customer_features_sql(available)
     customers = store.put_customer_features(warehouse.iter_arrow(sql, batch_rows=batch_rows))
     log.info("materialised %d customers into the online store", customers)
 
-    if warehouse.table_exists(DEMAND_FORECASTS_TABLE):
+    if warehouse.columns(DEMAND_FORECASTS_TABLE):
         forecasts = store.put_forecasts(
             warehouse.iter_arrow(latest_forecasts_sql(), batch_rows=batch_rows)
         )

@@ -2,7 +2,7 @@
 
 Public entry points (imported lazily so ``import retailml.serving`` stays cheap):
 :func:`create_app`, :func:`serve`, :func:`create_key`, :func:`revoke_key`, :func:`list_keys`,
-:func:`flush_prediction_log`, :func:`open_prediction_spool`.
+:func:`flush_prediction_log`, :func:`open_spool`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ _EXPORTS = {
     "revoke_key": ".auth",
     "list_keys": ".auth",
     "flush_prediction_log": ".prediction_log",
-    "open_prediction_spool": ".prediction_log",
+    "open_spool": ".prediction_log",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,10 +21,13 @@ from ..features.online_store import OnlineStore
 from .auth import KeyStore
 from .errors import register_error_handlers
 from .metrics import ServingMetrics
-from .model import ModelHolder, RegistryLike, ServedModel
-from .prediction_log import PredictionLogger, open_prediction_spool
+from .model import ModelHolder, RegistryLike, ServedModel, ShortLivedRegistry
+from .prediction_log import PredictionLogger, open_spool
 from .routes import register_blueprints
+from .server import serve
 from .state import EXTENSION, ServingState
+
+__all__ = ["DEFAULT_CONFIG", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,17 @@ def create_app(
     if registry is None or online_store is None:
         from .. import runtime  # lazily: runtime imports every client library
 
-        registry = registry if registry is not None else runtime.open_registry(settings)
+        if registry is None:
+            # A fresh warehouse connection per (rare) registry check: embedded DuckDB allows
+            # one process on the file at a time, and a dropped PostgreSQL connection heals.
+            registry = ShortLivedRegistry(
+                lambda: runtime.open_registry(settings),
+                lock_path=(
+                    settings.data_dir / "serving-registry.lock"
+                    if settings.warehouse == "duckdb"
+                    else None
+                ),
+            )
         if online_store is None:
             online_store = runtime.open_online_store(settings)
 
@@ -87,7 +100,7 @@ def create_app(
     prediction_log = None
     if app.config["RETAILML_PREDICTION_LOG"]:
         prediction_log = PredictionLogger(
-            open_prediction_spool(settings),
+            open_spool(settings),
             on_drop=lambda n: metrics.prediction_log_dropped.inc(n),
         )
 

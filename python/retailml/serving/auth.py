@@ -20,7 +20,7 @@ import secrets
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,13 @@ class ApiKey:
     name: str
     scopes: tuple[str, ...]
     created_at: str
-    token_sha256: str
+    token_sha256: str = field(repr=False)
     revoked: bool = False
     revoked_at: str | None = None
+
+    def __str__(self) -> str:
+        state = f"revoked {self.revoked_at}" if self.revoked else "active"
+        return f"{self.key_id}  {self.name}  {','.join(self.scopes)}  {self.created_at}  {state}"
 
     def public(self) -> dict[str, Any]:
         """Everything but the digest (for listings)."""

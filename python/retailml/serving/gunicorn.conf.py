@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 from retailml.config import load_settings
 
@@ -45,13 +44,22 @@ proc_name = "retailml-api"
 
 
 def on_starting(server) -> None:
-    """Give the workers a fresh Prometheus multiprocess directory (``/metrics`` sums them)."""
-    path = Path(
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or _settings.data_dir / "prometheus_multiproc"
-    )
+    """Give the workers a Prometheus multiprocess directory of their own (``/metrics`` sums
+    the workers' files). Per master process, so a second server on the same data dir (or a
+    failed start) cannot wipe a running server's metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return  # the operator chose one
+    path = _settings.data_dir.resolve() / "prometheus_multiproc" / str(os.getpid())
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    server._retailml_metrics_dir = path
+
+
+def on_exit(server) -> None:
+    path = getattr(server, "_retailml_metrics_dir", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def child_exit(server, worker) -> None:

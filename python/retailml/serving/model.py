@@ -6,13 +6,17 @@ a swap never changes the model under an in-flight request.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import logging
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,6 +51,72 @@ class RegistryLike(Protocol):
     def get(self, name: str, version_or_alias: str = "production") -> ModelVersionLike: ...
 
 
+class ShortLivedRegistry:
+    """Opens the registry for each call and closes its warehouse right after.
+
+    The API checks the registry rarely; holding no warehouse connection in between matters
+    for embedded DuckDB (one process at a time may hold the file) and lets a dropped
+    PostgreSQL connection heal by itself.
+    """
+
+    def __init__(
+        self,
+        open_registry: Callable[[], Any],
+        *,
+        lock_path: Path | None = None,
+        attempts: int = 5,
+        backoff_s: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._open = open_registry
+        self.lock_path = lock_path
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+
+    def _open_with_retry(self) -> Any:
+        """Open, retrying briefly: another process (the pipeline) may hold the file."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._open()
+            except Exception:
+                if attempt == self.attempts:
+                    raise
+                self._sleep(self.backoff_s * attempt)
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """With ``lock_path``: the workers of this host take turns instead of colliding."""
+        if self.lock_path is None:
+            yield
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        with self._exclusive():
+            registry = self._open_with_retry()
+            try:
+                return getattr(registry, method)(*args)
+            finally:
+                warehouse = getattr(registry, "warehouse", None)
+                if warehouse is not None:
+                    warehouse.close()
+
+    def get(self, name: str, version_or_alias: str = "production") -> ModelVersionLike:
+        return self._call("get", name, version_or_alias)
+
+    def load(self, name: str, version_or_alias: str = "production") -> LoadedModelLike:
+        return self._call("load", name, version_or_alias)
+
+
 class PredictionError(RuntimeError):
     """The model rejected the features (the pipeline raised while scoring)."""
 
@@ -72,8 +142,9 @@ def reference_values(pipeline: Any, fingerprint: Mapping[str, Any]) -> dict[str,
 
     Taken from ``training_fingerprint["feature_reference"]`` when training recorded it
     (median / most frequent value per feature); otherwise read from the fitted pipeline:
-    the statistics of a ``SimpleImputer`` or the mean of a ``StandardScaler`` in the
-    ``ColumnTransformer``. Features with no known reference are left out.
+    the statistics of a mean/median/most-frequent ``SimpleImputer`` or the mean of a
+    ``StandardScaler`` in the ``ColumnTransformer``. Features with no known reference (e.g.
+    categoricals behind a constant imputer) are left out of explanations.
     """
     recorded = fingerprint.get(REFERENCE_KEY) if isinstance(fingerprint, Mapping) else None
     if isinstance(recorded, Mapping):
@@ -87,9 +158,9 @@ def reference_values(pipeline: Any, fingerprint: Mapping[str, Any]) -> dict[str,
                 continue
             inner_steps = [s for _, s in getattr(transformer, "steps", None) or []] or [transformer]
             for inner in inner_steps:
-                stats = getattr(inner, "statistics_", None)
-                if stats is None:
-                    stats = getattr(inner, "mean_", None)
+                stats = getattr(inner, "mean_", None)
+                if getattr(inner, "strategy", None) in ("mean", "median", "most_frequent"):
+                    stats = getattr(inner, "statistics_", None)  # not a constant fill value
                 if stats is None or len(stats) != len(columns):
                     continue
                 for col, value in zip(columns, stats, strict=True):
@@ -117,6 +188,8 @@ class ServedModel:
     @classmethod
     def from_loaded(cls, loaded: LoadedModelLike) -> ServedModel:
         mv, pipeline = loaded.version, loaded.model
+        if not callable(getattr(pipeline, "predict_proba", None)):
+            raise TypeError(f"{mv.name} v{mv.version} is not a classifier with predict_proba")
         classes = list(getattr(pipeline, "classes_", []))
         positive = next((i for i, c in enumerate(classes) if c in (1, True, "1", "true")), -1)
         fingerprint = dict(mv.training_fingerprint or {})
@@ -220,6 +293,7 @@ class ModelHolder:
         alias: str = "production",
         *,
         refresh_s: float = 30.0,
+        retry_s: float = 5.0,
         on_swap: Callable[[ServedModel], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -227,6 +301,7 @@ class ModelHolder:
         self.name = name
         self.alias = alias
         self.refresh_s = refresh_s
+        self.retry_s = retry_s
         self.on_swap = on_swap
         self._clock = clock
         self._model: ServedModel | None = None
@@ -237,8 +312,12 @@ class ModelHolder:
 
     # -- reading -----------------------------------------------------------------------
     def current(self) -> ServedModel | None:
-        """The served model (``None`` before a first successful load); may start a refresh."""
-        if self._clock() - self._last_check >= self.refresh_s:
+        """The served model (``None`` before a first successful load); may start a refresh.
+
+        Without a model the registry is retried every ``retry_s`` rather than ``refresh_s``.
+        """
+        interval = self.refresh_s if self._model is not None else min(self.refresh_s, self.retry_s)
+        if self._clock() - self._last_check >= interval:
             self.refresh_async()
         return self._model
 

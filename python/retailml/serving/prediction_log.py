@@ -149,7 +149,8 @@ def prediction_spool_path(settings: Settings) -> Path:
     return settings.data_dir / "prediction_log" / "spool.sqlite3"
 
 
-def open_prediction_spool(settings: Settings) -> PredictionSpool:
+def open_spool(settings: Settings) -> PredictionSpool:
+    """The spool of this host, under ``<data_dir>/prediction_log/``."""
     return PredictionSpool(prediction_spool_path(settings))
 
 
@@ -267,7 +268,8 @@ def _already_loaded(warehouse: Warehouse, batch: pa.Table) -> set[str]:
     ids = batch.column("request_id").to_pylist()
     table = qualified(PREDICTION_LOG_TABLE)
     rid = quote_ident("request_id")
-    if not warehouse.scalar(f"select count(*) from {table} where {rid} = ?", [ids[0]]):
+    probe = warehouse.query_arrow(f"select {rid} from {table} where {rid} = ? limit 1", [ids[0]])
+    if probe.num_rows == 0:
         return set()
     present: set[str] = set()
     for start in range(0, len(ids), 1_000):
@@ -306,7 +308,7 @@ def _flush_lock(path: Path) -> Iterator[None]:
 
 
 def _flush(spool: PredictionSpool, warehouse: Warehouse, batch_rows: int) -> int:
-    if not warehouse.table_exists(PREDICTION_LOG_TABLE):
+    if not warehouse.columns(PREDICTION_LOG_TABLE):
         warehouse.create_table(PREDICTION_LOG_TABLE, PREDICTION_LOG_SCHEMA)
     written = 0
     first = True

@@ -28,14 +28,14 @@ def gunicorn_options(
 def serve(
     settings: Settings,
     *,
-    dev: bool = False,
+    production: bool = False,
     workers: int | None = None,
     threads: int | None = None,
 ) -> None:
-    """Serve until interrupted (``dev``: single-process Flask server, no gunicorn)."""
+    """Serve until interrupted: Flask's threaded server, or gunicorn with ``production``."""
     from .app import create_app
 
-    if dev:
+    if not production:
         app = create_app(settings)
         app.run(host=settings.api_host, port=settings.api_port, threaded=True, debug=False)
         return

@@ -74,8 +74,8 @@ class DuckDBWarehouse:
 
     def scalar(self, sql: str, params: Params = None) -> Any:
         with self._lock:
-            row = self._con.execute(sql, params or []).fetchone()
-        return None if row is None else row[0]
+            rows = self._con.execute(sql, params or []).fetchall()  # drain: no pending result
+        return rows[0][0] if rows else None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
