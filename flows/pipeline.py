@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+
 from retailml import pipeline
 from retailml.config import Settings, load_settings
 

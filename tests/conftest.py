@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from retailml.config import Settings
 from retailml.sources import local_services
 

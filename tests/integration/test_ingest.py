@@ -11,6 +11,7 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from retailml import runtime
 from retailml.config import Settings
 from retailml.ingest import ingest_all
