@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     # -- business
     shop_timezone: str = "Europe/Amsterdam"
+    pii_salt: SecretStr = Field(
+        SecretStr("retailml-dev-salt"),
+        description="Salt of the hashed identities in the marts: set a secret one in production",
+    )
     churn_horizon_days: int = 30
 
     # -- models and serving
@@ -119,6 +123,7 @@ class Settings(BaseSettings):
             "RETAILML_BQ_DATASET": self.bq_dataset,
             "RETAILML_BQ_LOCATION": self.bq_location,
             "RETAILML_SHOP_TIMEZONE": self.shop_timezone,
+            "RETAILML_PII_SALT": self.pii_salt.get_secret_value(),
             "RETAILML_CHURN_HORIZON_DAYS": str(self.churn_horizon_days),
         }
         if self.bq_project:

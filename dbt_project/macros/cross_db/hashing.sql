@@ -16,17 +16,29 @@
 {%- endmacro %}
 
 
+{# The text a surrogate key hashes: the key columns as text, nulls and separators explicit. #}
+{% macro surrogate_key_text(columns) -%}
+    {%- set parts = [] -%}
+    {%- for column in columns -%}
+        {%- do parts.append("coalesce(cast(" ~ column ~ " as " ~ dbt.type_string() ~ "), '_null_')") -%}
+    {%- endfor -%}
+    {{ return(parts | join(" || '|' || ")) }}
+{%- endmacro %}
+
+
+{# Text surrogate key: md5 hex over the key columns. #}
+{% macro text_surrogate_key(columns) -%}
+    {{ dbt.hash(surrogate_key_text(columns)) }}
+{%- endmacro %}
+
+
 {#
     Integer surrogate key: the first 60 bits of md5 over the key columns, so it is positive
     (special dimension members use negative keys), stable across rebuilds and incremental
     runs, and identical on every warehouse.
 #}
 {% macro integer_surrogate_key(columns) -%}
-    {%- set parts = [] -%}
-    {%- for column in columns -%}
-        {%- do parts.append("coalesce(cast(" ~ column ~ " as " ~ dbt.type_string() ~ "), '_null_')") -%}
-    {%- endfor -%}
-    {{ return(adapter.dispatch('md5_to_bigint', 'retailml')(parts | join(" || '|' || "))) }}
+    {{ return(adapter.dispatch('md5_to_bigint', 'retailml')(surrogate_key_text(columns))) }}
 {%- endmacro %}
 
 {% macro default__md5_to_bigint(expression) -%}
@@ -39,14 +51,4 @@
 
 {% macro bigquery__md5_to_bigint(expression) -%}
     cast(concat('0x', substr(to_hex(md5({{ expression }})), 1, 15)) as int64)
-{%- endmacro %}
-
-
-{# Text surrogate key: md5 hex over the key columns (nulls and separators made explicit). #}
-{% macro text_surrogate_key(columns) -%}
-    {%- set parts = [] -%}
-    {%- for column in columns -%}
-        {%- do parts.append("coalesce(cast(" ~ column ~ " as " ~ dbt.type_string() ~ "), '_null_')") -%}
-    {%- endfor -%}
-    md5({{ parts | join(" || '|' || ") }})
 {%- endmacro %}

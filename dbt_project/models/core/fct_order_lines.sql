@@ -56,9 +56,9 @@ days_to_rebuild as (
         loaded.last_order_date is null
         or order_lines.extracted_at > loaded.last_extracted_at
         or order_lines.order_date
-        >= {{ add_days('loaded.last_order_date', -var('incremental_lookback_days')) }}
+        >= {{ add_days('loaded.last_order_date', -(var('incremental_lookback_days') | int)) }}
 
-    union
+    union all
 
     select order_date
     from {{ this }}
@@ -66,23 +66,16 @@ days_to_rebuild as (
 
 ),
 
-new_lines as (
-
-    select *
-    from order_lines
-    where order_date in (select days_to_rebuild.order_date from days_to_rebuild)
-
-),
-
-{% else %}
+{% endif %}
 
 new_lines as (
 
     select * from order_lines
+    {% if is_incremental() %}
+    where order_date in (select days_to_rebuild.order_date from days_to_rebuild)
+    {% endif %}
 
 ),
-
-{% endif %}
 
 final as (
 
