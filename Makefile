@@ -29,8 +29,7 @@ test: install lint
 lint: install
 	$(BIN)/ruff check python flows tests benchmarks
 	$(BIN)/ruff format --check python flows tests benchmarks
-	cd dbt_project && ../$(BIN)/dbt deps --profiles-dir ../profiles --quiet >/dev/null 2>&1 || true
-	RETAILML_DUCKDB_PATH=$(CURDIR)/.retailml/lint.duckdb $(BIN)/sqlfluff lint dbt_project
+	RETAILML_DUCKDB_PATH=:memory: $(BIN)/sqlfluff lint dbt_project
 
 format: install
 	$(BIN)/ruff check --fix python flows tests benchmarks

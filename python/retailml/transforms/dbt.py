@@ -57,6 +57,11 @@ def dbt_args(settings: Settings, command: Sequence[str]) -> list[str]:
         str(project.parent / "profiles"),
         "--target",
         settings.warehouse,
+        # artifacts and logs per data dir, so separate runs never share dbt_project/target
+        "--target-path",
+        str((settings.data_dir / "dbt" / "target").resolve()),
+        "--log-path",
+        str((settings.data_dir / "dbt" / "logs").resolve()),
     ]
 
 
