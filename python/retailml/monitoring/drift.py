@@ -346,11 +346,8 @@ def check_drift(
     reference = read_drift_reference(warehouse, model_name, version.version)
     if not warehouse.table_exists(current_table):
         raise DriftError(f"{current_table} does not exist")
-    missing = [
-        c
-        for c in (*reference.numeric, *reference.categorical)
-        if c not in warehouse.columns(current_table)
-    ]
+    present = warehouse.columns(current_table)
+    missing = [c for c in (*reference.numeric, *reference.categorical) if c not in present]
     if missing:
         raise DriftError(f"{current_table} lacks the reference's features {missing}")
     rows = int(warehouse.scalar(f"select count(*) from {current_table}") or 0)
@@ -377,9 +374,7 @@ def check_drift(
 
 
 def drift_results_table(report: DriftReport) -> pa.Table:
-    rows = [
-        (f.feature, f.statistic, f.value, f.threshold, f.is_drifted) for f in report.features
-    ]
+    rows = [(f.feature, f.statistic, f.value, f.threshold, f.is_drifted) for f in report.features]
     rows.append(
         (DATASET_ROW, "share_drifted", report.share_drifted, report.dataset_threshold,
          report.is_drifted)

@@ -10,10 +10,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlparse
 
 from ..sources.object_store import ObjectStore
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -118,18 +121,29 @@ class ObjectStoreArtifactStore:
         return any(info.key == key for info in self.store.list(key))
 
 
-def open_artifact_store(uri: str, *, object_store: ObjectStore | None = None) -> ArtifactStore:
-    """A store for ``uri``: ``s3://bucket/prefix`` (needs ``object_store`` for that bucket)
-    or a folder path (``file://`` URIs accepted)."""
+def open_artifact_store(
+    uri: str, *, object_store: ObjectStore | None = None, settings: Settings | None = None
+) -> ArtifactStore:
+    """A store for ``uri``: a folder path (or ``file://`` URI) or ``s3://bucket/prefix``.
+
+    For S3 pass the ``object_store`` of that bucket; or pass ``settings`` and the client is
+    built by :func:`retailml.runtime.open_object_store` (same endpoint and credentials as the
+    landing bucket, bucket taken from ``uri``).
+    """
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
+        bucket = parsed.netloc
+        if object_store is None and settings is not None:
+            from ..runtime import open_object_store
+
+            object_store = open_object_store(settings.model_copy(update={"s3_bucket": bucket}))
         if object_store is None:
             raise ArtifactStoreError(
-                f"model store {uri} is in S3: pass the ObjectStore of bucket {parsed.netloc!r}"
+                f"model store {uri} is in S3: pass the ObjectStore of bucket {bucket!r}"
             )
-        if object_store.bucket != parsed.netloc:
+        if object_store.bucket != bucket:
             raise ArtifactStoreError(
-                f"model store {uri} is in bucket {parsed.netloc!r} but the ObjectStore "
+                f"model store {uri} is in bucket {bucket!r} but the ObjectStore "
                 f"given is for bucket {object_store.bucket!r}"
             )
         return ObjectStoreArtifactStore(object_store, parsed.path.lstrip("/"))

@@ -222,7 +222,9 @@ class ModelRegistry:
             self._table_ready = True
 
     def _rows(self, where: str, params: list[Any]) -> list[ModelVersion]:
-        self.ensure_table()
+        # Reads never create anything: read-only consumers (serving) can use the registry.
+        if not self._table_ready and not self.warehouse.table_exists(REGISTRY_TABLE):
+            return []
         cols = ", ".join(_COLUMNS)
         table = self.warehouse.query_arrow(
             f"select {cols} from {REGISTRY_TABLE} where {where} order by version desc", params

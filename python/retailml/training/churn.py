@@ -38,6 +38,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from threadpoolctl import threadpool_limits
 
 from ..features.spec import (
     CATEGORICAL_FEATURES,
@@ -70,6 +71,8 @@ CHURN_COLUMNS: dict[str, pa.DataType] = {
     LABEL: pa.bool_(),
 }
 SORT_KEYS = (CUTOFF, ENTITY_KEY)
+MISSING_CATEGORY = "__missing__"
+FEATURE_REFERENCE_KEY = "feature_reference"
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,18 @@ def candidate_grid(random_state: int) -> list[Candidate]:
 
 def build_pipeline(estimator: BaseEstimator) -> Pipeline:
     """Preprocessing + estimator as one fitted object (trained, stored and served as one)."""
-    numeric = Pipeline(
-        [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
-    )
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+    # Missing categoricals arrive as NaN (Arrow -> pandas) or None (JSON -> object column):
+    # two imputers map both to one "__missing__" category, so serving cannot skew.
     categorical = Pipeline(
         [
-            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+            ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),
+            (
+                "impute_none",
+                SimpleImputer(
+                    missing_values=None, strategy="constant", fill_value=MISSING_CATEGORY
+                ),
+            ),
             ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]
     )
@@ -257,11 +266,44 @@ def train_churn(
     margin: float = 0.0,
     manifest_sha256: str | None = None,
     model_name: str = CHURN_MODEL_NAME,
+    n_threads: int | None = 1,
 ) -> TrainResult:
     """Select, fit, evaluate, register (candidate) and promote (on ROC AUC) a churn model.
 
     Raises :class:`TrainingDataError` (nothing registered) when the mart cannot make a model.
+    ``n_threads`` bounds the OpenMP/BLAS threads of the fits (``None``: library default);
+    one thread is the fastest on a small shared machine (no spinning threads).
     """
+    with threadpool_limits(limits=n_threads):
+        return _train_churn(
+            warehouse,
+            registry,
+            horizon_days=horizon_days,
+            random_state=random_state,
+            progress=progress,
+            test_fraction=test_fraction,
+            cv_folds=cv_folds,
+            min_rows=min_rows,
+            margin=margin,
+            manifest_sha256=manifest_sha256,
+            model_name=model_name,
+        )
+
+
+def _train_churn(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    *,
+    horizon_days: int,
+    random_state: int,
+    progress: Progress | None,
+    test_fraction: float,
+    cv_folds: int,
+    min_rows: int,
+    margin: float,
+    manifest_sha256: str | None,
+    model_name: str,
+) -> TrainResult:
     started = time.perf_counter()
     report(progress, f"reading {CHURN_TRAINING_TABLE}")
     sql, data = read_table(warehouse, CHURN_TRAINING_TABLE, CHURN_COLUMNS, what="churn training")
@@ -364,6 +406,8 @@ def train_churn(
         "dbt_manifest_sha256": manifest_sha256,
         "first_cutoff": str(cutoffs.min()),
         "last_cutoff": str(cutoffs.max()),
+        # Typical training values (serving's explanations compare against these).
+        FEATURE_REFERENCE_KEY: feature_reference(x_train),
     }
 
     report(progress, f"registering {model_name} (held-out roc_auc {metrics['roc_auc']:.4f})")
@@ -386,6 +430,18 @@ def train_churn(
         rows=data.num_rows,
         seconds=time.perf_counter() - started,
     )
+
+
+def feature_reference(frame: pd.DataFrame) -> dict[str, Any]:
+    """Median of each numeric feature and most frequent value of each categorical one."""
+    reference: dict[str, Any] = {}
+    for name in NUMERIC_FEATURES:
+        median = frame[name].median()
+        reference[name] = None if pd.isna(median) else float(median)
+    for name in CATEGORICAL_FEATURES:
+        counts = frame[name].dropna().value_counts()
+        reference[name] = None if counts.empty else str(counts.index[0])
+    return reference
 
 
 def _evaluate_champion(

@@ -48,9 +48,7 @@ def _features(
         "avg_order_value_365d": aov,
         "return_rate_365d": return_rate,
         "tenure_days": tenure_base,
-        "distinct_categories_365d": np.minimum(frequency_365d, rng.poisson(2.0, n)).astype(
-            float
-        ),
+        "distinct_categories_365d": np.minimum(frequency_365d, rng.poisson(2.0, n)).astype(float),
         "country": rng.choice(np.array(countries), n),
         "loyalty_tier": rng.choice(np.array(TIERS), n, p=[0.6, 0.3, 0.1]),
         "signup_channel": rng.choice(np.array(CHANNELS), n, p=[0.5, 0.3, 0.2]),

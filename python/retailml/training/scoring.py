@@ -1,0 +1,166 @@
+"""Batch scoring: every customer of ``marts.ml_customer_features`` with the production churn
+model into ``mlops.churn_scores``.
+
+Memory stays flat: the features are streamed in batches (``iter_arrow``), scored, and the
+scores spooled to a local Arrow IPC file; then one transaction deletes the previous scores
+of the same model and as_of_date(s) and appends the new ones from the spool (streamed
+again). The spool exists because a warehouse connection that is streaming a result
+(PostgreSQL ``COPY ... TO STDOUT``) cannot write at the same time, and the replacement has
+to be atomic.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..features.spec import CUSTOMER_FEATURES_TABLE, ENTITY_KEY, FEATURES
+from ..registry import ModelNotFoundError, ModelRegistry
+from ..warehouse.base import Warehouse
+from .churn import CHURN_MODEL_NAME, positive_scores
+from .common import FEATURE_TYPES, Progress, cast_table, feature_frame, report, select_sql
+
+SCORES_TABLE = "mlops.churn_scores"
+AS_OF = "as_of_date"
+SCORES_SCHEMA = pa.schema(
+    [
+        (ENTITY_KEY, pa.string()),
+        (AS_OF, pa.date32()),
+        ("churn_probability", pa.float64()),
+        ("model_name", pa.string()),
+        ("model_version", pa.int64()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+_INPUT_TYPES: dict[str, pa.DataType] = {
+    ENTITY_KEY: pa.string(),
+    AS_OF: pa.date32(),
+    **FEATURE_TYPES,
+}
+
+
+class ScoringError(RuntimeError):
+    """Scoring cannot run (no production model, missing table or columns)."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    model_name: str
+    model_version: int
+    rows: int
+    as_of_dates: list[date]
+    scored_at: datetime
+    seconds: float
+
+
+def score_batch(
+    model: object,
+    batch: pa.RecordBatch,
+    *,
+    model_name: str,
+    model_version: int,
+    scored_at: datetime,
+) -> pa.RecordBatch:
+    """Scores of one batch of customer features (pure)."""
+    table = cast_table(pa.Table.from_batches([batch]), _INPUT_TYPES, what=CUSTOMER_FEATURES_TABLE)
+    for key in (ENTITY_KEY, AS_OF):
+        if table.column(key).null_count:
+            raise ScoringError(f"{CUSTOMER_FEATURES_TABLE}.{key} has null values")
+    probability = positive_scores(model, feature_frame(table))
+    if not np.isfinite(probability).all():
+        raise ScoringError(f"model {model_name} v{model_version} returned non-finite scores")
+    n = table.num_rows
+    return pa.RecordBatch.from_arrays(
+        [
+            table.column(ENTITY_KEY).combine_chunks(),
+            table.column(AS_OF).combine_chunks(),
+            pa.array(probability, pa.float64()),
+            pa.array([model_name] * n, pa.string()),
+            pa.array([model_version] * n, pa.int64()),
+            pa.array([scored_at] * n, SCORES_SCHEMA.field("scored_at").type),
+        ],
+        schema=SCORES_SCHEMA,
+    )
+
+
+def score_customers(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    *,
+    batch_rows: int = 50_000,
+    progress: Progress | None = None,
+    model_name: str = CHURN_MODEL_NAME,
+    features_table: str = CUSTOMER_FEATURES_TABLE,
+    spool_dir: Path | None = None,
+) -> ScoreResult:
+    """Score every row of ``features_table`` with the verified production model and replace
+    that model's scores of the same as_of_date(s) in ``mlops.churn_scores`` atomically."""
+    started = time.perf_counter()
+    try:
+        loaded = registry.load(model_name, "production")
+    except ModelNotFoundError as exc:
+        raise ScoringError(
+            f"no production version of model {model_name!r} to score with: train and promote "
+            f"one first (retailml train). {exc}"
+        ) from exc
+    version = loaded.version.version
+    if not warehouse.table_exists(features_table):
+        raise ScoringError(f"{features_table} does not exist (build the dbt marts first)")
+    present = warehouse.columns(features_table)
+    missing = [c for c in _INPUT_TYPES if c not in present]
+    if missing:
+        raise ScoringError(f"{features_table} lacks columns {missing}")
+
+    scored_at = datetime.now(UTC)
+    rows = 0
+    as_of_dates: set[date] = set()
+    sql = select_sql(features_table, [ENTITY_KEY, AS_OF, *FEATURES])
+    with tempfile.TemporaryDirectory(prefix="retailml-scores-", dir=spool_dir) as tmp:
+        spool = Path(tmp) / "scores.arrows"
+        with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_stream(sink, SCORES_SCHEMA) as out:
+            for batch in warehouse.iter_arrow(sql, batch_rows=batch_rows):
+                if batch.num_rows == 0:
+                    continue
+                scored = score_batch(
+                    loaded.model,
+                    batch,
+                    model_name=model_name,
+                    model_version=version,
+                    scored_at=scored_at,
+                )
+                out.write_batch(scored)
+                rows += scored.num_rows
+                as_of_dates.update(d for d in pc.unique(scored.column(AS_OF)).to_pylist() if d)
+                report(progress, f"scored {rows} customers")
+        if rows == 0:
+            raise ScoringError(f"{features_table} has no rows to score")
+        _replace_scores(warehouse, spool, model_name, sorted(as_of_dates))
+    report(progress, f"wrote {rows} scores of {model_name} v{version} to {SCORES_TABLE}")
+    return ScoreResult(
+        model_name=model_name,
+        model_version=version,
+        rows=rows,
+        as_of_dates=sorted(as_of_dates),
+        scored_at=scored_at,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _replace_scores(
+    warehouse: Warehouse, spool: Path, model_name: str, as_of_dates: list[date]
+) -> None:
+    warehouse.create_table(SCORES_TABLE, SCORES_SCHEMA)
+    placeholders = ", ".join("?" * len(as_of_dates))
+    with warehouse.transaction(), pa.memory_map(str(spool)) as source:
+        warehouse.execute(
+            f"delete from {SCORES_TABLE} where model_name = ? and {AS_OF} in ({placeholders})",
+            [model_name, *as_of_dates],
+        )
+        warehouse.append_arrow(SCORES_TABLE, pa.ipc.open_stream(source))
