@@ -6,6 +6,7 @@ Categorical state is kept as small integer codes indexing these tuples.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 CURRENCY = "EUR"
@@ -66,7 +67,16 @@ PRODUCT_NOUNS: tuple[tuple[str, ...], ...] = (
     ("Puzzle", "Plush Bear", "Building Set", "Race Car", "Doll", "Board Game", "Kite", "Robot"),
     ("T-Shirt", "Jeans", "Sweater", "Jacket", "Dress", "Sneakers", "Scarf", "Hoodie"),
     ("Face Cream", "Shampoo", "Lipstick", "Perfume", "Serum", "Body Lotion", "Mascara", "Soap"),
-    ("Yoga Mat", "Dumbbell", "Running Shorts", "Bike Light", "Water Bottle", "Racket", "Ball", "Cap"),
+    (
+        "Yoga Mat",
+        "Dumbbell",
+        "Running Shorts",
+        "Bike Light",
+        "Water Bottle",
+        "Racket",
+        "Ball",
+        "Cap",
+    ),
     ("Novel", "Cookbook", "Atlas", "Biography", "Comic", "Travel Guide", "Poetry", "Thriller"),
 )
 
@@ -84,7 +94,13 @@ COUNTRY_SHARE: tuple[float, ...] = (0.45, 0.28, 0.15, 0.12, 0.0)
 COUNTRY_SHARE_DRIFT: tuple[float, ...] = (0.38, 0.24, 0.13, 0.10, 0.15)
 SHIPPING_FEE: tuple[float, ...] = (4.95, 5.95, 5.95, 7.95, 8.95)
 FREE_SHIPPING_FROM = 50.0
-EMAIL_DOMAIN: tuple[str, ...] = ("example.nl", "example.de", "example.be", "example.fr", "example.es")
+EMAIL_DOMAIN: tuple[str, ...] = (
+    "example.nl",
+    "example.de",
+    "example.be",
+    "example.fr",
+    "example.es",
+)
 
 FIRST_NAMES: tuple[tuple[str, ...], ...] = (
     ("Daan", "Sem", "Lucas", "Emma", "Julia", "Mila", "Tess", "Noah", "Sophie", "Finn", "Anna"),
@@ -104,7 +120,13 @@ STREETS: tuple[tuple[str, ...], ...] = (
     ("Kerkstraat", "Dorpsstraat", "Schoolstraat", "Molenweg", "Stationsweg", "Hoofdstraat"),
     ("Hauptstraße", "Schulstraße", "Gartenstraße", "Bahnhofstraße", "Lindenstraße", "Birkenweg"),
     ("Kerkstraat", "Stationsstraat", "Rue de la Station", "Nieuwstraat", "Molenstraat"),
-    ("Rue de la Paix", "Rue Victor Hugo", "Avenue Jean Jaurès", "Boulevard Pasteur", "Rue du Moulin"),
+    (
+        "Rue de la Paix",
+        "Rue Victor Hugo",
+        "Avenue Jean Jaurès",
+        "Boulevard Pasteur",
+        "Rue du Moulin",
+    ),
     ("Calle Mayor", "Calle Real", "Avenida de la Constitución", "Calle del Sol", "Calle Nueva"),
 )
 # (city, first postcode number) per country
@@ -147,6 +169,7 @@ def email_address(first: str, last: str, number: int, country: int) -> str:
     return f"{local}@{EMAIL_DOMAIN[country]}"
 
 
+@functools.cache
 def _ascii_slug(text: str) -> str:
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "".join(ch for ch in ascii_text.lower() if ch.isalnum())

@@ -74,19 +74,18 @@ def order_probability(rate: np.ndarray, intensity: float) -> np.ndarray:
     return -np.expm1(-rate * intensity)
 
 
-def no_order_probability(
-    hazards: Iterable[np.ndarray], order_probs: Iterable[np.ndarray]
-) -> np.ndarray:
+def no_order_probability(days: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """P(no purchase in the horizon) for customers active at its start.
 
-    ``hazards`` and ``order_probs`` give one vector per horizon day (rows of an ``(H, n)``
-    array, or a generator). Forward recursion over the days: ``alive`` is the probability of
-    being active without an order so far; churning ends the horizon without an order.
+    ``days`` gives ``(hazard, order_prob)`` vectors per horizon day, e.g.
+    ``zip(hazard_matrix, order_prob_matrix)`` for ``(H, n)`` arrays, or a generator. Forward
+    recursion: ``alive`` is the probability of being active without an order so far;
+    churning first ends the horizon without an order.
     """
     alive: np.ndarray | None = None
     churned: np.ndarray | None = None
-    for hazard, order_prob in zip(hazards, order_probs, strict=True):
-        if alive is None:
+    for hazard, order_prob in days:
+        if alive is None or churned is None:
             alive = np.ones_like(hazard, dtype=np.float64)
             churned = np.zeros_like(alive)
         churned = churned + alive * hazard

@@ -131,7 +131,11 @@ def nonexistent_hours(day_date: date, timezone: str) -> np.ndarray:
 
 
 def local_times(
-    rng: np.random.Generator, n: int, day: int, gap: np.ndarray, hours: tuple[int, int] | None = None
+    rng: np.random.Generator,
+    n: int,
+    day: int,
+    gap: np.ndarray,
+    hours: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """``n`` sim-second timestamps on ``day`` (diurnal profile, or uniform within ``hours``)."""
     if hours is None:
@@ -211,7 +215,9 @@ def churn_truth_at_cutoff(state: SimState, config: SimulationConfig, day: int) -
     return pa.table(
         {
             "customer_id": format_ids("C", existing, 7),
-            "cutoff_date": pa.array(np.full(len(existing), config.date_of(day), dtype="datetime64[D]")),
+            "cutoff_date": pa.array(
+                np.full(len(existing), config.date_of(day), dtype="datetime64[D]")
+            ),
             "horizon_days": pa.array(np.full(len(existing), horizon, dtype=np.int32)),
             "p_no_order": probability,
             "is_latent_churned": churned,
@@ -250,7 +256,9 @@ def _horizon_days(
     for offset in range(horizon):
         today = day + offset
         score = score * decay + np.bincount(pending[due_day == today], minlength=len(live))
-        hazard = daily_hazard(base, score, today - signup_day, sensitivity, config.price_index(today))
+        hazard = daily_hazard(
+            base, score, today - signup_day, sensitivity, config.price_index(today)
+        )
         yield hazard, order_probability(rate, float(intensity[offset]))
 
 
@@ -276,29 +284,35 @@ def simulate_day(state: SimState, config: SimulationConfig, day: int) -> DayOutp
     customers.return_score *= return_decay()
     customers.return_score += np.bincount(due.customer, minlength=n)
 
-    tenure = day - customers.signup_day
-    active = (tenure > 0) & ~customers.churned
+    # only customers who signed up before today and have not churned take part
+    active = np.flatnonzero((customers.signup_day < day) & ~customers.churned)
+    sensitivity = customers.sensitivity[active]
     base = base_log_hazard(
-        customers.tier,
-        customers.signup_channel,
-        customers.country,
-        customers.sensitivity,
-        customers.frailty,
+        customers.tier[active],
+        customers.signup_channel[active],
+        customers.country[active],
+        sensitivity,
+        customers.frailty[active],
     )
     hazard = daily_hazard(
-        base, customers.return_score, tenure, customers.sensitivity, config.price_index(day)
+        base,
+        customers.return_score[active],
+        day - customers.signup_day[active],
+        sensitivity,
+        config.price_index(day),
     )
     intensity = float(demand_intensity(today))
-    order_prob = order_probability(customers.rate, intensity)
-    churn_now = active & (rng.random(n) < hazard)
-    buyers = np.flatnonzero(active & ~churn_now & (rng.random(n) < order_prob))
-    customers.churned |= churn_now
+    order_prob = order_probability(customers.rate[active], intensity)
+    churn_now = rng.random(len(active)) < hazard
+    buys = ~churn_now & (rng.random(len(active)) < order_prob)
+    buyers, alive = active[buys], active[~churn_now]
+    customers.churned[active[churn_now]] = True
 
-    member_expectation = np.where(active, (1.0 - hazard) * order_prob, 0.0)
+    member_expectation = (1.0 - hazard) * order_prob
     guest_expectation = GUEST_ORDER_RATIO * float(member_expectation.sum())
     mix = category_mix(today)[0]
     units = expected_category_units(
-        member_expectation, customers.preferred_category, guest_expectation, mix
+        member_expectation, customers.preferred_category[active], guest_expectation, mix
     )
     demand_truth = pa.table(
         {
@@ -311,7 +325,7 @@ def simulate_day(state: SimState, config: SimulationConfig, day: int) -> DayOutp
     )
 
     orders, lines, new_returns, order_subtotal = _purchases(
-        rng, state, config, day, buyers, int(rng.poisson(guest_expectation)), mix, gap, drift
+        rng, state, day, buyers, int(rng.poisson(guest_expectation)), mix, gap, drift
     )
     state.returns = state.returns.concat(new_returns)
     return_orders, return_lines = _return_orders(rng, due, day, gap)
@@ -325,11 +339,10 @@ def simulate_day(state: SimState, config: SimulationConfig, day: int) -> DayOutp
     change_s[buyers[upgraded]] = np.minimum(
         orders.ordered_s[: len(buyers)][upgraded] + TIER_UPDATE_DELAY_S, (day + 1) * DAY_SECONDS - 1
     )
-    alive = (tenure > 0) & ~customers.churned
-    movers = np.flatnonzero(alive & (rng.random(n) < MOVE_PROB))
+    movers = alive[rng.random(len(alive)) < MOVE_PROB]
     _move(rng, customers, movers)
     change_s[movers] = np.maximum(change_s[movers], local_times(rng, len(movers), day, gap))
-    togglers = np.flatnonzero(alive & (rng.random(n) < OPT_IN_TOGGLE_PROB))
+    togglers = alive[rng.random(len(alive)) < OPT_IN_TOGGLE_PROB]
     customers.opt_in[togglers] = ~customers.opt_in[togglers]
     change_s[togglers] = np.maximum(change_s[togglers], local_times(rng, len(togglers), day, gap))
     changed = np.flatnonzero(change_s >= 0)
@@ -358,7 +371,11 @@ def simulate_day(state: SimState, config: SimulationConfig, day: int) -> DayOutp
 
 
 def _update_catalogue(
-    rng: np.random.Generator, products: Products, config: SimulationConfig, day: int, gap: np.ndarray
+    rng: np.random.Generator,
+    products: Products,
+    config: SimulationConfig,
+    day: int,
+    gap: np.ndarray,
 ) -> np.ndarray:
     """Price changes, discontinued and relaunched products; indices changed, by time."""
     m = len(products)
@@ -393,7 +410,6 @@ def _update_catalogue(
 def _purchases(
     rng: np.random.Generator,
     state: SimState,
-    config: SimulationConfig,
     day: int,
     buyers: np.ndarray,
     n_guests: int,
@@ -423,7 +439,9 @@ def _purchases(
     ).astype(np.int8)
     if drift:
         channel[rng.random(n_orders) < SOCIAL_SHARE] = catalog.CHANNELS.index("social")
-    orders = _Orders(customer=customer, channel=channel, ordered_s=local_times(rng, n_orders, day, gap))
+    orders = _Orders(
+        customer=customer, channel=channel, ordered_s=local_times(rng, n_orders, day, gap)
+    )
 
     n_lines = 1 + rng.poisson(EXTRA_LINES, n_orders)
     order = np.repeat(np.arange(n_orders), n_lines)
@@ -450,7 +468,9 @@ def _purchases(
         discount=np.concatenate([discount, np.zeros(len(shipped))]),
     )
 
-    return_prob = np.asarray(catalog.CATEGORY_RETURN_PROB)[category] * (0.6 + 0.8 * line_sensitivity)
+    return_prob = np.asarray(catalog.CATEGORY_RETURN_PROB)[category] * (
+        0.6 + 0.8 * line_sensitivity
+    )
     returned = np.flatnonzero((customer[order] >= 0) & (rng.random(n) < return_prob))
     delay = np.minimum(1 + rng.geometric(RETURN_DELAY_P, len(returned)), MAX_RETURN_DELAY)
     new_returns = PendingReturns(
@@ -504,35 +524,30 @@ def _move(rng: np.random.Generator, customers: Customers, movers: np.ndarray) ->
 
 
 def _number_and_export_lines(
-    rng: np.random.Generator, state: SimState, *parts: tuple[_Orders, _Lines]
+    rng: np.random.Generator,
+    state: SimState,
+    purchases: tuple[_Orders, _Lines],
+    returns: tuple[_Orders, _Lines],
 ) -> DayLines:
     """Order numbers follow order time; lines sorted by order and line; a few duplicated."""
-    offsets = np.cumsum([0] + [len(orders) for orders, _ in parts])[:-1]
-    orders = parts[0][0]
-    for other, _ in parts[1:]:
-        orders = orders.concat(other)
+    orders = purchases[0].concat(returns[0])
+    lines = purchases[1].concat(returns[1])
+    order = np.concatenate([purchases[1].order, returns[1].order + len(purchases[0])])
     by_time = np.argsort(orders.ordered_s, kind="stable")
     order_no = np.empty(len(orders), dtype=np.int64)
     order_no[by_time] = state.next_order_no + np.arange(len(orders))
     state.next_order_no += len(orders)
-
-    global_order = np.concatenate([lines.order + offset for (_, lines), offset in zip(parts, offsets, strict=True)])
-    lines = parts[0][1]
-    for _, other in parts[1:]:
-        lines = lines.concat(other)
     day_lines = DayLines(
-        order_no=order_no[global_order],
+        order_no=order_no[order],
         line_number=lines.line_number.astype(np.int64),
-        customer=orders.customer[global_order].astype(np.int64),
+        customer=orders.customer[order].astype(np.int64),
         product=lines.product.astype(np.int64),
         quantity=lines.quantity.astype(np.int64),
         unit_price=lines.unit_price.astype(np.float64),
         discount=lines.discount.astype(np.float64),
-        channel=orders.channel[global_order].astype(np.int8),
-        ordered_s=orders.ordered_s[global_order].astype(np.int64),
+        channel=orders.channel[order].astype(np.int8),
+        ordered_s=orders.ordered_s[order].astype(np.int64),
     )
     in_order = np.lexsort((day_lines.line_number, day_lines.order_no))
     duplicated = np.flatnonzero(rng.random(len(in_order)) < DUPLICATE_PROB)
     return day_lines.take(in_order[np.sort(np.concatenate([np.arange(len(in_order)), duplicated]))])
-
-

@@ -47,7 +47,10 @@ class Columns:
 
     def concat(self, other: Self) -> Self:
         return type(self)(
-            **{name: np.concatenate([col, getattr(other, name)]) for name, col in self.columns().items()}
+            **{
+                name: np.concatenate([col, getattr(other, name)])
+                for name, col in self.columns().items()
+            }
         )
 
     @classmethod
@@ -140,7 +143,9 @@ def tier_for_spend(spend: np.ndarray) -> np.ndarray:
     return (np.searchsorted(catalog.LOYALTY_THRESHOLDS, spend, side="right") - 1).astype(np.int8)
 
 
-def sample_codes(rng: np.random.Generator, probs: np.ndarray | tuple[float, ...], size: int) -> np.ndarray:
+def sample_codes(
+    rng: np.random.Generator, probs: np.ndarray | tuple[float, ...], size: int
+) -> np.ndarray:
     """Categorical draws: codes 0..len(probs)-1."""
     cumulative = np.cumsum(probs, dtype=np.float64)
     codes = np.searchsorted(cumulative / cumulative[-1], rng.random(size), side="right")
@@ -204,7 +209,10 @@ def draw_products(rng: np.random.Generator, n: int) -> Products:
     """The catalogue at the start; every category has at least two active products."""
     n_categories = len(catalog.CATEGORIES)
     category = np.concatenate(
-        [np.tile(np.arange(n_categories), 2), sample_codes(rng, catalog.CATEGORY_SHARE, n - 2 * n_categories)]
+        [
+            np.tile(np.arange(n_categories), 2),
+            sample_codes(rng, catalog.CATEGORY_SHARE, n - 2 * n_categories),
+        ]
     ).astype(np.int8)
     median_price = np.asarray(catalog.CATEGORY_MEDIAN_PRICE)[category]
     median_weight = np.asarray(catalog.CATEGORY_MEDIAN_WEIGHT_G)[category]
@@ -274,12 +282,16 @@ def load_state(state_dir: Path, config: SimulationConfig) -> SimState | None:
     with np.load(path, allow_pickle=False) as arrays:
         meta = json.loads(str(arrays["meta"]))
         if meta.get("version") != STATE_VERSION:
-            raise StateMismatchError(f"{path}: state version {meta.get('version')}, expected {STATE_VERSION}")
+            raise StateMismatchError(
+                f"{path}: state version {meta.get('version')}, expected {STATE_VERSION}"
+            )
         saved = meta["config"]
         wanted = config.to_json_dict()
         differing = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         if differing:
-            details = ", ".join(f"{k}: saved {saved.get(k)!r} != {wanted.get(k)!r}" for k in differing)
+            details = ", ".join(
+                f"{k}: saved {saved.get(k)!r} != {wanted.get(k)!r}" for k in differing
+            )
             raise StateMismatchError(
                 f"{path} was written by a different simulation config ({details}); "
                 "use another state_dir or the same config"
