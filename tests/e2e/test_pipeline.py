@@ -82,8 +82,13 @@ def _check_api(settings: Settings) -> None:
     )
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
-    assert 0.0 <= body["churn_probability"] <= 1.0
-    assert body["model_version"] >= 1
+    assert 0.0 <= body["score"] <= 1.0
+    production = _count(
+        settings,
+        "select version from mlops.model_registry where name = 'churn' and alias = 'production'",
+    )
+    assert body["model"] == {"name": "churn", "version": production}
+    assert body["explanation"], body
     assert client.get("/readyz").status_code == 200
 
 
