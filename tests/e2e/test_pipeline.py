@@ -13,7 +13,9 @@ import pytest
 from retailml import pipeline, runtime
 from retailml.config import Settings
 
-TINY = pipeline.SimulateOptions(days=200, initial_customers=400, new_customers_per_day=2.0, n_products=40)
+TINY = pipeline.SimulateOptions(
+    days=200, initial_customers=400, new_customers_per_day=2.0, n_products=40
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,9 @@ def _check_warehouse(settings: Settings) -> None:
     ):
         assert _count(settings, f"select count(*) from {table}") > 0, f"{table} is empty"
     # every scored row names the production model version
-    assert _count(settings, "select count(*) from mlops.churn_scores where model_version is null") == 0
+    assert (
+        _count(settings, "select count(*) from mlops.churn_scores where model_version is null") == 0
+    )
     scored = _count(settings, "select count(distinct customer_id) from mlops.churn_scores")
     featured = _count(settings, "select count(*) from marts.ml_customer_features")
     assert scored == featured

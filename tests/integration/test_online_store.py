@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import redis
+
 from retailml.features.materialize import (
     DEMAND_FORECASTS_TABLE,
     materialize_online_features,

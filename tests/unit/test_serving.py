@@ -17,6 +17,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
 from retailml.config import Settings
 from retailml.features.online_store import EmbeddedOnlineStore, OnlineStoreError
 from retailml.features.spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
@@ -32,11 +38,6 @@ from retailml.serving.prediction_log import (
 )
 from retailml.serving.server import gunicorn_options
 from retailml.warehouse.duckdb import DuckDBWarehouse
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 COUNTRIES = ("NL", "DE", "BE", "FR")
 TIERS = ("bronze", "silver", "gold")
