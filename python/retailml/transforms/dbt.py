@@ -74,7 +74,7 @@ def run_dbt(
     """Invoke ``dbt <command>`` against the configured warehouse; raise DbtError on failure."""
     from dbt.cli.main import dbtRunner
 
-    if settings.warehouse == "postgres":
+    if settings.warehouse == "postgres" and list(command[:1]) != ["parse"]:
         from ..warehouse.postgres import ensure_database
 
         ensure_database(settings)
