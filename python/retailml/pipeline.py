@@ -64,7 +64,9 @@ def simulate(settings: Settings, options: SimulateOptions, progress: Progress = 
         state_dir=settings.data_dir / "simulator",
         progress=progress,
     )
-    progress(f"simulated: {summary}")
+    progress(
+        f"simulated {summary.days} days ({summary.first_date}..{summary.last_date}): {summary.order_lines} order lines in {summary.objects_written} objects"
+    )
     return summary
 
 
@@ -103,10 +105,10 @@ def train(
             results["churn"] = train_churn(
                 warehouse, registry, horizon_days=settings.churn_horizon_days, progress=progress
             )
-            progress(f"trained churn: {results['churn']}")
+            progress(f"trained {describe(results['churn'])}")
         if "demand" in models:
             results["demand"] = train_demand(warehouse, registry, progress=progress)
-            progress(f"trained demand: {results['demand']}")
+            progress(f"trained {describe(results['demand'])}")
     return results
 
 
@@ -117,7 +119,7 @@ def score(settings: Settings, progress: Progress = _quiet) -> Any:
     with _warehouse(settings) as warehouse:
         registry = runtime.open_registry(settings, warehouse)
         result = score_customers(warehouse, registry, progress=progress)
-    progress(f"scored: {result}")
+    progress(f"scored: {describe(result)}")
     return result
 
 
@@ -141,7 +143,7 @@ def monitor(settings: Settings, progress: Progress = _quiet) -> Any:
         progress(f"moved {flushed} logged predictions into the warehouse")
         registry = runtime.open_registry(settings, warehouse)
         report = check_drift(warehouse, registry)
-    progress(f"drift: {report}")
+    progress(f"drift: {describe(report)}")
     return report
 
 

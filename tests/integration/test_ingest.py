@@ -75,10 +75,7 @@ def _run(settings: Settings):
     warehouse = runtime.open_warehouse(settings)
     objects = runtime.open_object_store(settings, create_bucket=True)
     db = runtime.open_mongo(settings)
-    try:
-        return ingest_all(warehouse, objects, db, prefix=settings.s3_prefix), warehouse
-    finally:
-        pass
+    return ingest_all(warehouse, objects, db, prefix=settings.s3_prefix), warehouse
 
 
 def test_incremental_exactly_once_and_reupload(env: Settings) -> None:
@@ -156,4 +153,25 @@ def test_bad_input_is_quarantined_and_good_rows_load(env: Settings) -> None:
     warehouse.close()
     report, warehouse = _run(env)
     assert report.rows_loaded == 0 and not report.quarantined  # not retried until it changes
+    warehouse.close()
+
+
+def test_a_new_column_in_an_export_becomes_a_raw_column(env: Settings) -> None:
+    objects = runtime.open_object_store(env, create_bucket=True)
+    objects.put("orders/dt=2025-03-01/part-0000.parquet", _parquet(_lines("O1", 2)))
+    with_gift = [dict(r, gift_wrap=True) for r in _lines("O2", 1)]
+    schema = ORDER_LINE_SCHEMA.append(pa.field("gift_wrap", pa.bool_()))
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(with_gift, schema=schema), sink)
+    objects.put("orders/dt=2025-03-02/part-0000.parquet", sink.getvalue())
+    report, warehouse = _run(env)
+    assert report.by_table["raw.order_lines"] == 3
+    rows = warehouse.query_arrow(
+        "select order_id, gift_wrap from raw.order_lines order by order_id, line_number"
+    ).to_pylist()
+    assert rows == [
+        {"order_id": "O1", "gift_wrap": None},
+        {"order_id": "O1", "gift_wrap": None},
+        {"order_id": "O2", "gift_wrap": True},
+    ]
     warehouse.close()

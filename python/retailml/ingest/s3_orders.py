@@ -175,6 +175,7 @@ def ingest_s3_orders(
     warehouse.create_table(TARGET_TABLE, RAW_SCHEMA)
     report = LoadReport(batch_id)
     loaded = _loaded_versions(warehouse, objects.bucket)
+    known_columns = set(warehouse.columns(TARGET_TABLE))
     for info in objects.list(prefix):
         if keys is not None and not keys(info):
             continue
@@ -194,9 +195,10 @@ def ingest_s3_orders(
             written = 0
             if rows is not None and rows.num_rows:
                 rows = with_metadata(rows, batch_id=batch_id, uri=uri, etag=info.etag)
-                extra = [f for f in rows.schema if f.name not in warehouse.columns(TARGET_TABLE)]
-                if extra:
+                extra = [f for f in rows.schema if f.name not in known_columns]
+                if extra:  # schema drift: a new column in the export becomes a new raw column
                     warehouse.add_columns(TARGET_TABLE, pa.schema(extra))
+                    known_columns.update(f.name for f in extra)
                 written = warehouse.append_arrow(TARGET_TABLE, rows)
             if bad:
                 warehouse.append_arrow(QUARANTINE_TABLE, quarantine_table(batch_id, "s3", bad))

@@ -301,6 +301,16 @@ class DriftReport:
     dataset_threshold: float
     is_drifted: bool
 
+    def summary(self) -> str:
+        drifted = [f.feature for f in self.features if f.is_drifted]
+        verdict = "DRIFTED" if self.is_drifted else "no dataset-level drift"
+        return (
+            f"{self.model_name} v{self.model_version} reference vs {self.current_table} "
+            f"({self.rows} rows): {len(drifted)}/{len(self.features)} features drifted"
+            + (f" ({', '.join(drifted)})" if drifted else "")
+            + f"; {verdict}"
+        )
+
     @property
     def drifted_features(self) -> list[str]:
         return [f.feature for f in self.features if f.is_drifted]

@@ -41,6 +41,16 @@ class TrainResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        headline = ("roc_auc", "pr_auc", "baseline_recency_roc_auc", "mase", "mase_seasonal_naive")
+        figures = ", ".join(
+            f"{k}={self.metrics[k]:.3f}" for k in headline if isinstance(self.metrics.get(k), float)
+        )
+        return (
+            f"{self.model_name} v{self.version.version} on {self.rows} rows in "
+            f"{self.seconds:.1f}s ({figures}); {self.promotion.reason}"
+        )
+
 
 def report(progress: Progress | None, message: str) -> None:
     if progress is not None:

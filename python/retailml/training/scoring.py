@@ -59,6 +59,13 @@ class ScoreResult:
     scored_at: datetime
     seconds: float
 
+    def summary(self) -> str:
+        dates = ", ".join(str(d) for d in self.as_of_dates)
+        return (
+            f"{self.rows} customers scored with {self.model_name} v{self.model_version} "
+            f"as of {dates} in {self.seconds:.1f}s"
+        )
+
 
 def score_batch(
     model: object,

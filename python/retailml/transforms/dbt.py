@@ -51,6 +51,7 @@ def dbt_args(settings: Settings, command: Sequence[str]) -> list[str]:
     project = settings.dbt_dir
     return [
         *command,
+        "--quiet",  # dbt's node-by-node log goes to the log file; failures are raised below
         "--project-dir",
         str(project),
         "--profiles-dir",
