@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
@@ -19,10 +18,12 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..filelock import exclusive_lock
 
 SCOPES: frozenset[str] = frozenset({"predict", "admin"})
 TOKEN_PREFIX = "rml"
@@ -112,17 +113,9 @@ def _write_keys(path: Path, keys: Iterable[ApiKey]) -> None:
         os.close(dir_fd)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """Serialise read-modify-write of the key file between processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return exclusive_lock(path.with_name(path.name + ".lock"))
 
 
 def create_key(path: Path | str, name: str, scopes: Iterable[str] = ("predict",)) -> str:

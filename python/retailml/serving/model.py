@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..features.spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from ..filelock import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +90,8 @@ class ShortLivedRegistry:
         if self.lock_path is None:
             yield
             return
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.lock_path):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def _call(self, method: str, *args: Any) -> Any:
         with self._exclusive():

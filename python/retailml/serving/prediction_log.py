@@ -14,20 +14,20 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from ..filelock import exclusive_lock
 from ..warehouse.base import Warehouse, qualified, quote_ident
 
 if TYPE_CHECKING:
@@ -294,17 +294,9 @@ def flush_prediction_log(
         return _flush(spool, warehouse, batch_rows)
 
 
-@contextlib.contextmanager
-def _flush_lock(path: Path) -> Iterator[None]:
+def _flush_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """One flusher per spool at a time (the duplicate check assumes it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".flush.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return exclusive_lock(path.with_name(path.name + ".flush.lock"))
 
 
 def _flush(spool: PredictionSpool, warehouse: Warehouse, batch_rows: int) -> int:

@@ -64,6 +64,27 @@ class Warehouse(Protocol):
     def close(self) -> None: ...
 
 
+def sql_type(arrow_type: pa.DataType, names: dict[str, str], dialect: str) -> str:
+    """The warehouse column type for an Arrow type, from a dialect's table of type names."""
+    if getattr(arrow_type, "extension_name", None) == "arrow.json":
+        return names["json"]
+    if pa.types.is_decimal(arrow_type):
+        return names["decimal"].format(precision=arrow_type.precision, scale=arrow_type.scale)
+    if pa.types.is_timestamp(arrow_type):
+        return names["timestamptz" if arrow_type.tz else "timestamp"]
+    for kind, test in (
+        ("boolean", pa.types.is_boolean),
+        ("integer", pa.types.is_integer),
+        ("float", pa.types.is_floating),
+        ("date", pa.types.is_date),
+        ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+        ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
+    ):
+        if test(arrow_type):
+            return names[kind]
+    raise WarehouseError(f"no {dialect} type for Arrow type {arrow_type}")
+
+
 def split_name(table: str) -> tuple[str, str]:
     schema, _, name = table.rpartition(".")
     if not schema or not name:

@@ -11,29 +11,24 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from .base import Params, WarehouseError, qualified, quote_ident, split_name
+from .base import Params, WarehouseError, qualified, quote_ident, split_name, sql_type
+
+_DUCKDB_TYPES = {
+    "json": "JSON",
+    "decimal": "DECIMAL({precision},{scale})",
+    "timestamp": "TIMESTAMP",
+    "timestamptz": "TIMESTAMPTZ",
+    "boolean": "BOOLEAN",
+    "integer": "BIGINT",
+    "float": "DOUBLE",
+    "date": "DATE",
+    "string": "VARCHAR",
+    "binary": "BLOB",
+}
 
 
 def duckdb_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_boolean(arrow_type):
-        return "BOOLEAN"
-    if pa.types.is_integer(arrow_type):
-        return "BIGINT"
-    if pa.types.is_floating(arrow_type):
-        return "DOUBLE"
-    if pa.types.is_decimal(arrow_type):
-        return f"DECIMAL({arrow_type.precision},{arrow_type.scale})"
-    if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMPTZ" if arrow_type.tz else "TIMESTAMP"
-    if pa.types.is_date(arrow_type):
-        return "DATE"
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return "VARCHAR"
-    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
-        return "BLOB"
-    if getattr(arrow_type, "extension_name", None) == "arrow.json":
-        return "JSON"
-    raise WarehouseError(f"no DuckDB type for Arrow type {arrow_type}")
+    return sql_type(arrow_type, _DUCKDB_TYPES, "DuckDB")
 
 
 class DuckDBWarehouse:

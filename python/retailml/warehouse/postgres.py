@@ -12,7 +12,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .base import Params, WarehouseError, qualified, quote_ident, split_name
+from .base import Params, WarehouseError, qualified, quote_ident, split_name, sql_type
 
 # PostgreSQL type OIDs -> Arrow types for reading result sets.
 _OID_TO_ARROW: dict[int, pa.DataType] = {
@@ -37,26 +37,22 @@ _OID_TO_ARROW: dict[int, pa.DataType] = {
 }
 
 
+_POSTGRES_TYPES = {
+    "json": "jsonb",
+    "decimal": "numeric({precision},{scale})",
+    "timestamp": "timestamp",
+    "timestamptz": "timestamptz",
+    "boolean": "boolean",
+    "integer": "bigint",
+    "float": "double precision",
+    "date": "date",
+    "string": "text",
+    "binary": "bytea",
+}
+
+
 def postgres_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_boolean(arrow_type):
-        return "boolean"
-    if pa.types.is_integer(arrow_type):
-        return "bigint"
-    if pa.types.is_floating(arrow_type):
-        return "double precision"
-    if pa.types.is_decimal(arrow_type):
-        return f"numeric({arrow_type.precision},{arrow_type.scale})"
-    if pa.types.is_timestamp(arrow_type):
-        return "timestamptz" if arrow_type.tz else "timestamp"
-    if pa.types.is_date(arrow_type):
-        return "date"
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return "text"
-    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
-        return "bytea"
-    if getattr(arrow_type, "extension_name", None) == "arrow.json":
-        return "jsonb"
-    raise WarehouseError(f"no PostgreSQL type for Arrow type {arrow_type}")
+    return sql_type(arrow_type, _POSTGRES_TYPES, "PostgreSQL")
 
 
 def _to_pg_placeholders(sql: str) -> str:
