@@ -67,6 +67,15 @@ def _settings(settings: Settings | None) -> Settings:
     return settings if settings is not None else load_settings()
 
 
+@flow(name="simulate")
+def simulate_flow(days: int = 1, settings: Settings | None = None) -> str:
+    """The simulated shop's next ``days`` of exports and document changes (stands in for the
+    systems that write S3 and MongoDB in production)."""
+    options = pipeline.SimulateOptions(days=days)
+    summary = pipeline.simulate(_settings(settings), options, progress=_logger_progress())
+    return f"{summary.order_lines} order lines over {summary.days} days"
+
+
 @flow(name="ingest")
 def ingest_flow(settings: Settings | None = None) -> str:
     return ingest_task(_settings(settings))
@@ -108,6 +117,7 @@ def daily_flow(settings: Settings | None = None) -> dict[str, Any]:
 
 
 FLOWS = {
+    "simulate": simulate_flow,
     "ingest": ingest_flow,
     "transform": transform_flow,
     "train": train_flow,

@@ -126,12 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate more days of the business into S3 and MongoDB")
     sim.add_argument("--days", type=int, default=365)
-    sim.add_argument("--seed", type=int, default=42)
-    sim.add_argument("--start-date", type=date.fromisoformat, default=date(2025, 1, 1))
-    sim.add_argument("--customers", type=int, default=2000, help="initial customers")
-    sim.add_argument("--new-customers-per-day", type=float, default=6.0)
-    sim.add_argument("--products", type=int, default=200)
-    sim.add_argument("--drift-start", type=date.fromisoformat, default=None)
+    # The options below shape a new business (defaults: seed 42, 2025-01-01, 2000 customers,
+    # 6 signups a day, 200 products, no drift); a simulated one continues as it was.
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--start-date", type=date.fromisoformat)
+    sim.add_argument("--customers", type=int, help="initial customers")
+    sim.add_argument("--new-customers-per-day", type=float)
+    sim.add_argument("--products", type=int)
+    sim.add_argument("--drift-start", type=date.fromisoformat, help="drift scenario from this date")
     sim.set_defaults(handler=_simulate)
 
     for name, help_text in (

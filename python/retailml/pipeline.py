@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -34,34 +34,44 @@ def _warehouse(settings: Settings) -> Iterator[Warehouse]:
 
 @dataclass(frozen=True)
 class SimulateOptions:
+    """How many more days to simulate; the other fields (None: keep) shape a new business."""
+
     days: int = 365
-    seed: int = 42
-    start_date: date = date(2025, 1, 1)
-    initial_customers: int = 2000
-    new_customers_per_day: float = 6.0
-    n_products: int = 200
+    seed: int | None = None
+    start_date: date | None = None
+    initial_customers: int | None = None
+    new_customers_per_day: float | None = None
+    n_products: int | None = None
     drift_start: date | None = None
 
 
 def simulate(settings: Settings, options: SimulateOptions, progress: Progress = _quiet) -> Any:
-    """Simulate ``options.days`` more days of the business into S3 and MongoDB."""
-    from .simulate import SimulationConfig, simulate_days
+    """Simulate ``options.days`` more days of the business into S3 and MongoDB.
 
-    config = SimulationConfig(
-        seed=options.seed,
-        start_date=options.start_date,
-        initial_customers=options.initial_customers,
-        new_customers_per_day=options.new_customers_per_day,
-        n_products=options.n_products,
-        drift_start=options.drift_start,
+    A business already simulated continues with its saved configuration; options that
+    contradict it are refused by the simulator with the differing fields named.
+    """
+    from .simulate import SimulationConfig, saved_config, simulate_days
+
+    state_dir = settings.data_dir / "simulator"
+    base = saved_config(state_dir) or SimulationConfig(
+        churn_horizon_days=settings.churn_horizon_days,
+        shop_timezone=settings.shop_timezone,
+        key_prefix=settings.s3_prefix,
     )
+    overrides = {
+        name: value
+        for name, value in asdict(options).items()
+        if name != "days" and value is not None
+    }
+    config = replace(base, **overrides)
     summary = simulate_days(
         config,
         options.days,
         objects=runtime.open_object_store(settings, create_bucket=True),
         db=runtime.open_mongo(settings),
         truth_dir=settings.truth_dir,
-        state_dir=settings.data_dir / "simulator",
+        state_dir=state_dir,
         progress=progress,
     )
     progress(

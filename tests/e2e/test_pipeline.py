@@ -107,7 +107,7 @@ def test_pipeline_on_duckdb_through_prefect(settings: Settings, prefect_harness:
     facts_before = _count(settings, "select count(*) from core.fct_order_lines")
 
     # one new day lands: the next daily run loads only it and the facts grow
-    pipeline.simulate(settings, pipeline.SimulateOptions(**{**TINY.__dict__, "days": 1}))
+    pipeline.simulate(settings, pipeline.SimulateOptions(days=1))  # continues the saved business
     daily_flow(settings)
     assert _count(settings, "select count(*) from raw.order_lines") > lines_before
     assert _count(settings, "select count(*) from core.fct_order_lines") > facts_before

@@ -27,6 +27,12 @@ What readers of its output can rely on (beyond docs/ARCHITECTURE.md):
 
 from retailml.simulate.config import SimulationConfig, SimulationSummary
 from retailml.simulate.engine import simulate_days
-from retailml.simulate.state import StateMismatchError
+from retailml.simulate.state import StateMismatchError, saved_config
 
-__all__ = ["SimulationConfig", "SimulationSummary", "StateMismatchError", "simulate_days"]
+__all__ = [
+    "SimulationConfig",
+    "SimulationSummary",
+    "StateMismatchError",
+    "saved_config",
+    "simulate_days",
+]

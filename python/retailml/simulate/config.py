@@ -58,6 +58,13 @@ class SimulationConfig:
         """Shop-wide price level relative to the start (the drift price rise)."""
         return DRIFT_PRICE_RISE if self.is_drift(day) else 1.0
 
+    @classmethod
+    def from_json_dict(cls, values: dict[str, Any]) -> SimulationConfig:
+        dates = {"start_date", "drift_start"}
+        return cls(
+            **{k: date.fromisoformat(v) if k in dates and v else v for k, v in values.items()}
+        )
+
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form, used to check that a saved state belongs to this config."""
         return {

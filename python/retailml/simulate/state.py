@@ -274,6 +274,15 @@ def save_state(state_dir: Path, state: SimState, config: SimulationConfig) -> Pa
     return target
 
 
+def saved_config(state_dir: Path) -> SimulationConfig | None:
+    """The config a saved state was written with, ``None`` if there is no state."""
+    path = state_dir / STATE_FILE
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as arrays:
+        return SimulationConfig.from_json_dict(json.loads(str(arrays["meta"]))["config"])
+
+
 def load_state(state_dir: Path, config: SimulationConfig) -> SimState | None:
     """The saved state, ``None`` if there is none; raises if it belongs to another config."""
     path = state_dir / STATE_FILE
