@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from retailml import pipeline
 from retailml.config import Settings, load_settings
@@ -35,7 +35,26 @@ def transform_task(settings: Settings) -> str:
 @task
 def train_task(settings: Settings) -> str:
     results = pipeline.train(settings, progress=_logger_progress())
+    for name, result in results.items():
+        _attach_model_reports(name, result.version)
     return "; ".join(f"{name}: {pipeline.describe(r)}" for name, r in results.items())
+
+
+def _attach_model_reports(name: str, version: Any) -> None:
+    """The version's metrics (markdown) and a link to each of its charts, on the flow run."""
+    from retailml.training.reports import version_markdown
+
+    create_markdown_artifact(
+        key=f"{name}-model", markdown=version_markdown(version), description=f"{name} model"
+    )
+    for report, entry in sorted(version.reports.items()):
+        slug = report.removesuffix(".png").replace("_", "-")
+        create_link_artifact(
+            link=entry["uri"],
+            link_text=f"{name} v{version.version} {report}",
+            key=f"{name}-{slug}",
+            description=f"sha256 {entry['sha256']}",
+        )
 
 
 @task(retries=1, retry_delay_seconds=10)

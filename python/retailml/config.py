@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="Salt of the hashed identities in the marts: set a secret one in production",
     )
     churn_horizon_days: int = 30
+    churn_max_fairness_gap: float | None = Field(
+        0.10,
+        description="Largest AUC gap between customer groups a churn candidate may show to be "
+        "promoted (unset: no fairness gate)",
+    )
 
     # -- models and serving
     model_store: str | None = Field(

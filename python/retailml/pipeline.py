@@ -104,20 +104,33 @@ def transform(
 def train(
     settings: Settings, models: tuple[str, ...] = ("churn", "demand"), progress: Progress = _quiet
 ) -> dict[str, Any]:
-    """Train, evaluate and register the models; promotion goes through the registry's gate."""
+    """Train, evaluate and register the models; promotion goes through the registry's gate.
+
+    dbt's manifest (from the last ``transform``) puts the dbt lineage and the raw batches in
+    each version's training fingerprint.
+    """
     from .training.churn import train_churn
     from .training.demand import train_demand
 
+    manifest = settings.data_dir / "dbt" / "target" / "manifest.json"
+    dbt_manifest = manifest.resolve() if manifest.is_file() else None
     results: dict[str, Any] = {}
     with _warehouse(settings) as warehouse:
         registry = runtime.open_registry(settings, warehouse)
         if "churn" in models:
             results["churn"] = train_churn(
-                warehouse, registry, horizon_days=settings.churn_horizon_days, progress=progress
+                warehouse,
+                registry,
+                horizon_days=settings.churn_horizon_days,
+                progress=progress,
+                dbt_manifest=dbt_manifest,
+                max_fairness_gap=settings.churn_max_fairness_gap,
             )
             progress(f"trained {describe(results['churn'])}")
         if "demand" in models:
-            results["demand"] = train_demand(warehouse, registry, progress=progress)
+            results["demand"] = train_demand(
+                warehouse, registry, progress=progress, dbt_manifest=dbt_manifest
+            )
             progress(f"trained {describe(results['demand'])}")
     return results
 

@@ -32,6 +32,7 @@ from retailml.registry import (
     StatsmodelsSpec,
     UntrustedArtifactError,
     open_artifact_store,
+    sha256_hex,
 )
 from retailml.warehouse.base import Warehouse
 from retailml.warehouse.duckdb import DuckDBWarehouse
@@ -305,6 +306,118 @@ def test_names_and_aliases_are_validated(registry: ModelRegistry) -> None:
         registry.get("churn", "staging")
 
 
+# -- charts next to the artifact -----------------------------------------------------------
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def test_reports_are_stored_next_to_the_artifact_and_verified(registry: ModelRegistry) -> None:
+    version = registry.register(
+        "churn", _model(), kind="sklearn", params={}, metrics={}, fingerprint={},
+        reports={"roc.png": PNG, "calibration.png": PNG[::-1]},
+    )  # fmt: skip
+    row = registry.get("churn", version.version)
+    assert set(row.reports) == {"roc.png", "calibration.png"}
+    artifact = Path(row.artifact_uri.removeprefix("file://"))
+    roc = Path(row.reports["roc.png"]["uri"].removeprefix("file://"))
+    assert roc.parent == artifact.parent / f"{row.artifact_sha256}-reports"
+    assert registry.load_report("churn", "latest", "roc.png") == PNG
+    assert row.reports["roc.png"]["sha256"] == sha256_hex(PNG)
+    roc.write_bytes(PNG + b"tampered")
+    with pytest.raises(ArtifactIntegrityError, match=r"roc\.png"):
+        registry.load_report("churn", version.version, "roc.png")
+    with pytest.raises(ModelNotFoundError, match="no report"):
+        registry.load_report("churn", version.version, "pr.png")
+
+
+def test_report_names_are_validated(registry: ModelRegistry) -> None:
+    for bad in ("../escape.png", "roc.svg", "Roc.png"):
+        with pytest.raises(RegistryError, match="report name"):
+            registry.register(
+                "churn", _model(), kind="sklearn", params={}, metrics={}, fingerprint={},
+                reports={bad: PNG},
+            )  # fmt: skip
+    assert registry.list_versions("churn") == []
+
+
+def test_a_registry_table_from_before_reports_is_upgraded(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    """Rows written by the first release (no ``reports`` column) still read, and the next
+    registration adds the column."""
+    warehouse.execute("create schema if not exists mlops")
+    warehouse.execute(
+        f"create table {REGISTRY_TABLE} (name text not null, version bigint not null, "
+        "created_at timestamp with time zone not null, kind text not null, params text not null, "
+        "metrics text not null, training_fingerprint text not null, code_version text not null, "
+        "artifact_uri text not null, artifact_sha256 text not null, alias text not null, "
+        "alias_reason text, primary key (name, version))"
+    )
+    old = ModelRegistry(warehouse, LocalArtifactStore(tmp_path / "models"), code_version="t")
+    warehouse.execute(
+        f"insert into {REGISTRY_TABLE} values ('churn', 1, now(), 'sklearn', '{{}}', '{{}}', "
+        "'{}', 'old', 'file:///nowhere', 'x', 'archived', null)"
+    )
+    assert old.get("churn", 1).reports == {}
+    fresh = ModelRegistry(warehouse, LocalArtifactStore(tmp_path / "models"), code_version="t")
+    version = fresh.register(
+        "churn", _model(), kind="sklearn", params={}, metrics={}, fingerprint={},
+        reports={"roc.png": PNG},
+    )  # fmt: skip
+    assert "reports" in warehouse.columns(REGISTRY_TABLE)
+    assert version.version == 2 and set(version.reports) == {"roc.png"}
+    assert fresh.get("churn", 1).reports == {}
+
+
+# -- the fairness limit ------------------------------------------------------------------------
+def _fairness(gap: float | None) -> dict[str, Any]:
+    largest = None
+    if gap is not None:
+        largest = {
+            "attribute": "country", "metric": "roc_auc", "value": gap,
+            "highest": {"group": "NL", "value": 0.9}, "lowest": {"group": "FR", "value": 0.9 - gap},
+        }  # fmt: skip
+    return {"largest_gap": largest, "metric": "roc_auc"}
+
+
+def test_fairness_limit_blocks_even_a_first_version(registry: ModelRegistry) -> None:
+    version = _register(registry, 0.9, fairness=_fairness(0.12))
+    decision = registry.promote("churn", version, metric="roc_auc", max_fairness_gap=0.1)
+    assert not decision.promoted and decision.fairness_gap == pytest.approx(0.12)
+    row = registry.get("churn", version)
+    assert row.alias == "candidate"
+    assert "fairness limit" in (row.alias_reason or "") and "NL vs FR" in row.alias_reason
+    with pytest.raises(ModelNotFoundError):
+        registry.get("churn", "production")
+
+
+def test_fairness_limit_blocks_a_better_candidate(registry: ModelRegistry) -> None:
+    registry.promote("churn", _register(registry, 0.70, fairness=_fairness(0.02)),
+                     metric="roc_auc", max_fairness_gap=0.1)  # fmt: skip
+    better = _register(registry, 0.95, fairness=_fairness(0.3))
+    decision = registry.promote("churn", better, metric="roc_auc", max_fairness_gap=0.1)
+    assert not decision.promoted and "exceeds 0.1" in decision.reason
+    assert registry.get("churn", "production").version == 1
+
+
+def test_fairness_within_the_limit_promotes_and_says_so(registry: ModelRegistry) -> None:
+    first = _register(registry, 0.70, fairness=_fairness(0.04))
+    decision = registry.promote("churn", first, metric="roc_auc", max_fairness_gap=0.05)
+    assert decision.promoted and "within the limit 0.05" in decision.reason
+    assert "fairness" in (registry.get("churn", first).alias_reason or "")
+    # no limit: the gap is not looked at
+    second = _register(registry, 0.80, fairness=_fairness(0.5))
+    assert registry.promote("churn", second, metric="roc_auc").promoted
+
+
+def test_fairness_limit_without_an_evaluation_blocks(registry: ModelRegistry) -> None:
+    version = _register(registry, 0.9)
+    decision = registry.promote("churn", version, metric="roc_auc", max_fairness_gap=0.1)
+    assert not decision.promoted and "no fairness evaluation" in decision.reason
+    # an evaluation with no comparable groups is not a reason to block
+    version = _register(registry, 0.9, fairness=_fairness(None))
+    assert registry.promote("churn", version, metric="roc_auc", max_fairness_gap=0.1).promoted
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------
 @pytest.mark.postgres
 def test_registry_on_postgres(
@@ -324,6 +437,15 @@ def test_registry_on_postgres(
             (2, "candidate"),
             (1, "archived"),
         ]
+        blocked = _register(registry, 0.9, fairness=_fairness(0.5))
+        assert not registry.promote(
+            "churn", blocked, metric="roc_auc", max_fairness_gap=0.1
+        ).promoted
+        with_chart = registry.register(
+            "churn", _model(), kind="sklearn", params={}, metrics={}, fingerprint={},
+            reports={"roc.png": PNG},
+        )  # fmt: skip
+        assert registry.load_report("churn", with_chart.version, "roc.png") == PNG
         loaded = registry.load("churn", "production")
         assert loaded.version.version == 3 and loaded.version.created_at.tzinfo is not None
         np.testing.assert_allclose(loaded.model.predict_proba(X), _model().predict_proba(X))

@@ -21,7 +21,7 @@ from retailml.monitoring.drift import DRIFT_RESULTS_TABLE, check_drift
 from retailml.registry import LocalArtifactStore, ModelRegistry
 from retailml.training.churn import train_churn
 from retailml.training.common import feature_frame
-from retailml.training.demand import FORECASTS_TABLE, train_demand
+from retailml.training.demand import BACKTEST_TABLE, FORECASTS_TABLE, train_demand
 from retailml.training.scoring import SCORES_TABLE, ScoringError, score_customers
 from retailml.training.synthetic import (
     make_churn_training,
@@ -81,6 +81,22 @@ def test_churn_train_gate_score_and_drift(warehouse: Warehouse, registry: ModelR
     assert 0 < reference["recency_days"] < 100
     assert messages and any("registering" in m for m in messages)
 
+    # Held-out evaluation: calibration, the recency rule, importance, fairness slices.
+    assert len(metrics["calibration"]) == 10 and metrics["expected_calibration_error"] < 0.1
+    assert metrics["baseline"]["roc_auc"] == metrics["baseline_recency_roc_auc"]
+    assert metrics["brier"] < metrics["brier_base_rate"]
+    assert set(metrics["permutation_importance"]) == set(FEATURES)
+    fairness = metrics["fairness"]
+    assert set(fairness["slices"]) == {"country", "signup_channel", "loyalty_tier"}
+    assert fairness["passed"] and "fairness" in (result.version.alias_reason or "")
+    # Charts next to the artifact, linked from the row, verified when read.
+    assert set(result.version.reports) == {
+        "roc.png", "precision_recall.png", "calibration.png", "feature_importance.png"
+    }  # fmt: skip
+    assert registry.load_report("churn", "production", "roc.png")[:4] == b"\x89PNG"
+    # No dbt manifest and no load ledger here (synthetic marts): recorded as such.
+    assert fingerprint["dbt"] is None and fingerprint["raw_batches"]["ledger_entries"] == 0
+
     # Serving's call: the verified production pipeline on a DataFrame of FEATURES.
     loaded = registry.load("churn", "production")
     records = make_customer_features(3, seed=9).select(list(FEATURES)).to_pylist()
@@ -135,6 +151,19 @@ def test_retraining_goes_through_the_gate(warehouse: Warehouse, registry: ModelR
     )
 
 
+def test_the_fairness_limit_blocks_promotion(warehouse: Warehouse, registry: ModelRegistry) -> None:
+    # 4,000 held-out rows: every country slice is large enough to compare
+    warehouse.replace_arrow(CHURN_TRAINING_TABLE, make_churn_training(2_000, 10, seed=5))
+    warehouse.replace_arrow(CUSTOMER_FEATURES_TABLE, make_customer_features(500))
+    result = train_churn(warehouse, registry, horizon_days=HORIZON, max_fairness_gap=0.0)
+    assert result.metrics["fairness"]["gaps"]["country"]["roc_auc"]["groups"] == 4
+    assert not result.promotion.promoted and result.version.alias == "candidate"
+    assert "fairness limit" in (result.version.alias_reason or "")
+    assert result.metrics["fairness"]["passed"] is False
+    with pytest.raises(ScoringError, match="no production version"):
+        score_customers(warehouse, registry)
+
+
 def test_scoring_without_a_production_model_is_a_clear_error(
     warehouse: Warehouse, registry: ModelRegistry
 ) -> None:
@@ -162,6 +191,15 @@ def test_demand_forecasts(warehouse: Warehouse, registry: ModelRegistry) -> None
     assert (forecasts["units_forecast"] <= forecasts["upper_95"]).all()
     level = forecasts.groupby("category")["units_forecast"].mean()
     assert level["books"] < level["garden"] < level["toys"]  # synthetic levels 20, 40, 60
+    # The backtest behind the MASE is in the warehouse, one row per forecast day.
+    backtest = warehouse.query_arrow(
+        f"select * from {BACKTEST_TABLE} where model_version = ?", [result.version.version]
+    ).to_pandas()
+    origins = metrics["backtest"]["origins"]
+    assert len(backtest) == 3 * len(origins) * 14 and len(origins) >= 5
+    assert (backtest["lower_95"] <= backtest["upper_95"]).all()
+    assert 0.7 < metrics["interval_coverage_95"] <= 1.0
+    assert set(result.version.reports) == {"forecast_vs_actual.png"}
 
 
 @pytest.mark.postgres

@@ -9,6 +9,16 @@ from .artifacts import (
     ObjectStoreArtifactStore,
     open_artifact_store,
 )
+from .lineage import (
+    TRAINING_BATCHES_TABLE,
+    Lineage,
+    LineageError,
+    manifest_lineage,
+    record_training_batches,
+    trace_model,
+    trace_prediction,
+    training_lineage,
+)
 from .registry import (
     ALIASES,
     REGISTRY_TABLE,
@@ -34,10 +44,13 @@ from .serialization import (
 __all__ = [
     "ALIASES",
     "REGISTRY_TABLE",
+    "TRAINING_BATCHES_TABLE",
     "TRUSTED_SKOPS_TYPES",
     "ArtifactIntegrityError",
     "ArtifactStore",
     "ArtifactStoreError",
+    "Lineage",
+    "LineageError",
     "LoadedModel",
     "LocalArtifactStore",
     "ModelNotFoundError",
@@ -52,6 +65,11 @@ __all__ = [
     "UntrustedArtifactError",
     "detect_code_version",
     "file_sha256",
+    "manifest_lineage",
     "open_artifact_store",
+    "record_training_batches",
     "sha256_hex",
+    "trace_model",
+    "trace_prediction",
+    "training_lineage",
 ]

@@ -3,9 +3,12 @@
 
 Every version is registered as ``candidate``. :meth:`ModelRegistry.promote` makes it
 ``production`` only if it is at least as good as the current production version (plus a
-margin) on the *same* held-out data; the replaced production version becomes ``archived``.
-:meth:`ModelRegistry.load` checks the artifact's sha256 against the row before decrypting or
-deserialising anything.
+margin) on the *same* held-out data and, when a fairness limit is given, its largest metric
+gap between customer groups is within it; the replaced production version becomes
+``archived``, and the reason is recorded either way. :meth:`ModelRegistry.load` checks the
+artifact's sha256 against the row before decrypting or deserialising anything. Charts of a
+version (PNG) are stored next to its artifact and linked, with their sha256, from the row's
+``reports`` column (:meth:`ModelRegistry.load_report` verifies them too).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +61,7 @@ _COLUMNS = (
     "artifact_sha256",
     "alias",
     "alias_reason",
+    "reports",
 )
 # Portable DDL (DuckDB and PostgreSQL): the primary key makes concurrent registrations of
 # the same version fail instead of silently duplicating it.
@@ -75,9 +79,13 @@ create table if not exists {REGISTRY_TABLE} (
     artifact_sha256 text not null,
     alias text not null,
     alias_reason text,
+    reports text,
     primary key (name, version)
 )
 """
+# Columns added after the first release of the table (existing tables get them on first write).
+_ADDED_COLUMNS = {"reports": "text"}
+_REPORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\.png$")
 
 
 class RegistryError(RuntimeError):
@@ -106,6 +114,8 @@ class ModelVersion:
     artifact_sha256: str
     alias: str
     alias_reason: str | None
+    # Charts stored next to the artifact: file name -> {"uri": ..., "sha256": ...}.
+    reports: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,8 @@ class PromotionDecision:
     margin: float
     higher_is_better: bool
     reason: str
+    fairness_gap: float | None = None
+    max_fairness_gap: float | None = None
 
 
 def to_json(value: Any) -> str:
@@ -219,13 +231,20 @@ class ModelRegistry:
         if not self._table_ready:
             self.warehouse.execute("create schema if not exists mlops")
             self.warehouse.execute(_DDL)
+            present = self.warehouse.columns(REGISTRY_TABLE)
+            for column, sql_type in _ADDED_COLUMNS.items():
+                if column not in present:
+                    self.warehouse.execute(
+                        f"alter table {REGISTRY_TABLE} add column if not exists {column} {sql_type}"
+                    )
             self._table_ready = True
 
     def _rows(self, where: str, params: list[Any]) -> list[ModelVersion]:
         # Reads never create anything: read-only consumers (serving) can use the registry.
         if not self._table_ready and not self.warehouse.table_exists(REGISTRY_TABLE):
             return []
-        cols = ", ".join(_COLUMNS)
+        present = _COLUMNS if self._table_ready else self.warehouse.columns(REGISTRY_TABLE)
+        cols = ", ".join(c if c in present else f"null as {c}" for c in _COLUMNS)
         table = self.warehouse.query_arrow(
             f"select {cols} from {REGISTRY_TABLE} where {where} order by version desc", params
         )
@@ -241,13 +260,22 @@ class ModelRegistry:
         params: Mapping[str, Any],
         metrics: Mapping[str, Any],
         fingerprint: Mapping[str, Any],
+        reports: Mapping[str, bytes] | None = None,
     ) -> ModelVersion:
         """Store ``obj``'s artifact and add it as the next version, alias ``candidate``.
 
         ``kind='sklearn'``: any scikit-learn estimator (skops). ``kind='statsmodels'``: a
         :class:`~retailml.registry.serialization.StatsmodelsBundle` (JSON, no pickle).
+        ``reports``: charts (``name.png`` -> bytes) stored next to the artifact, under
+        ``<name>/<artifact sha256>-reports/``, and linked from the row with their sha256.
+        They hold aggregate figures only and are not encrypted, so people can open them.
         """
         _check_name(name)
+        for report_name in reports or {}:
+            if not _REPORT_NAME.match(report_name):
+                raise RegistryError(
+                    f"report name {report_name!r} must match {_REPORT_NAME.pattern}"
+                )
         if kind == "sklearn":
             data = dump_sklearn(obj)
         elif kind == "statsmodels":
@@ -266,6 +294,13 @@ class ModelRegistry:
         digest = sha256_hex(data)
         # Content-addressed key: a version race can never overwrite another's artifact.
         uri = self.artifacts.put(f"{name}/{digest}.{_EXTENSIONS[kind]}{suffix}", data)
+        stored_reports = {
+            report_name: {
+                "uri": self.artifacts.put(f"{name}/{digest}-reports/{report_name}", content),
+                "sha256": sha256_hex(content),
+            }
+            for report_name, content in sorted((reports or {}).items())
+        }
 
         self.ensure_table()
         code_version = self._code_version or detect_code_version()
@@ -300,6 +335,7 @@ class ModelRegistry:
                             digest,
                             "candidate",
                             "registered",
+                            to_json(stored_reports),
                         ],
                     )
             except Exception as exc:  # a concurrent register took this version: retry
@@ -364,6 +400,23 @@ class ModelRegistry:
             raise RegistryError(f"{name} v{version.version} has unknown kind {version.kind!r}")
         return LoadedModel(version=version, model=model)
 
+    def load_report(self, name: str, version_or_alias: int | str, report: str) -> bytes:
+        """A chart of a version (e.g. ``roc.png``), verified against the row's sha256."""
+        version = self.get(name, version_or_alias)
+        entry = version.reports.get(report)
+        if entry is None:
+            raise ModelNotFoundError(
+                f"{name} v{version.version} has no report {report!r} "
+                f"(reports: {sorted(version.reports) or 'none'})"
+            )
+        data = self.artifacts.get(entry["uri"])
+        if sha256_hex(data) != entry["sha256"]:
+            raise ArtifactIntegrityError(
+                f"report {report} of {name} v{version.version} ({entry['uri']}) does not match "
+                "the sha256 recorded in the registry"
+            )
+        return data
+
     # -- aliases and promotion --------------------------------------------------------
     def set_alias(self, name: str, version: int, alias: Alias, reason: str) -> ModelVersion:
         """Set a version's alias. Making it ``production`` archives the current production
@@ -393,10 +446,16 @@ class ModelRegistry:
         metric: str,
         higher_is_better: bool = True,
         margin: float = 0.0,
+        max_fairness_gap: float | None = None,
     ) -> PromotionDecision:
         """Make the candidate production if it is at least ``margin`` better than production
         on ``metric`` measured on the same held-out data; otherwise it stays candidate and
         the reason is recorded on its row.
+
+        With ``max_fairness_gap`` the candidate must also record a fairness evaluation
+        (``metrics['fairness']['largest_gap']``, see :mod:`retailml.training.fairness`)
+        whose largest gap between customer groups is at most that limit; this applies to a
+        first version too (no production yet).
 
         Production's value comes from the candidate's ``metrics['champion_evaluations']
         [str(production_version)]`` (production re-scored on the candidate's held-out set by
@@ -413,6 +472,8 @@ class ModelRegistry:
             production = None
 
         def decide(promoted: bool, reason: str, prod_value: float | None) -> PromotionDecision:
+            if fairness_note:
+                reason = f"{reason}; {fairness_note}"
             if promoted:
                 self.set_alias(name, candidate.version, "production", reason)
             else:
@@ -428,12 +489,23 @@ class ModelRegistry:
                 margin=margin,
                 higher_is_better=higher_is_better,
                 reason=reason,
+                fairness_gap=fairness_gap,
+                max_fairness_gap=max_fairness_gap,
             )
 
         if candidate.alias != "candidate":
             raise RegistryError(
                 f"{name} v{candidate.version} is {candidate.alias}, not a candidate; use "
                 "set_alias to roll back or re-promote explicitly"
+            )
+        fairness_gap: float | None = None
+        fairness_note = ""
+        if max_fairness_gap is not None:
+            blocked, fairness_gap, why = _fairness_check(candidate.metrics, max_fairness_gap)
+            if blocked:
+                return decide(False, why, None)
+            fairness_note = why or (
+                f"fairness gap {fairness_gap:.4f} within the limit {max_fairness_gap:g}"
             )
         if production is None:
             return decide(True, "no production version: promoted", None)
@@ -480,6 +552,27 @@ def _metric(metrics: Mapping[str, Any], metric: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _fairness_check(metrics: Mapping[str, Any], limit: float) -> tuple[bool, float | None, str]:
+    """(blocked, largest gap, reason) of the fairness limit on a candidate's metrics."""
+    fairness = metrics.get("fairness")
+    if not isinstance(fairness, Mapping) or "largest_gap" not in fairness:
+        return True, None, "blocked: no fairness evaluation recorded (a fairness limit is set)"
+    largest = fairness.get("largest_gap")
+    if not isinstance(largest, Mapping):
+        return False, None, "fairness: no two groups large enough to compare"
+    gap = _metric(largest, "value")
+    if gap is None:
+        return True, None, "blocked: the recorded fairness gap is not a number"
+    if gap > limit:
+        detail = (
+            f"{largest.get('metric')} gap {gap:.4f} over {largest.get('attribute')} "
+            f"({(largest.get('highest') or {}).get('group')} vs "
+            f"{(largest.get('lowest') or {}).get('group')})"
+        )
+        return True, gap, f"blocked by the fairness limit: {detail} exceeds {limit:g}"
+    return False, gap, ""
+
+
 def _production_value(
     candidate: ModelVersion, production: ModelVersion, metric: str
 ) -> float | None:
@@ -511,4 +604,5 @@ def _row_to_version(row: Mapping[str, Any]) -> ModelVersion:
         artifact_sha256=row["artifact_sha256"],
         alias=row["alias"],
         alias_reason=row["alias_reason"],
+        reports=json.loads(row["reports"]) if row.get("reports") else {},
     )

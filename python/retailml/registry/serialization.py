@@ -33,6 +33,7 @@ TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset(
         "sklearn._loss.link.IdentityLink",
         "sklearn._loss.loss.HalfBinomialLoss",
         "sklearn.utils._bunch.Bunch",
+        "sklearn.tree._tree.Tree",  # the trees of a RandomForestClassifier
     }
 )
 

@@ -1,30 +1,37 @@
 """Churn model: a scikit-learn ``Pipeline(ColumnTransformer, estimator)`` on
-``marts.ml_churn_training``, selected by time-ordered folds, gated by the registry.
+``marts.ml_churn_training``, chosen by a randomized search over logistic regression, random
+forest and histogram gradient boosting on time-ordered folds, gated by the registry.
 
 Splits are by cutoff date, never shuffled. The latest cutoffs are the held-out test set.
 Training rows must be at least ``horizon_days`` older than the first held-out cutoff: a
 row's label looks ``horizon_days`` past its cutoff, so a newer row would have seen the
 held-out period (the same gap applies to the cross-validation folds). The registered model
 is the one evaluated on the held-out set (fit on the training rows only), so its recorded
-metrics describe exactly the artifact the registry serves.
+metrics describe exactly the artifact the registry serves: ROC and PR AUC, precision, recall
+and F1 at the threshold chosen on the out-of-fold predictions, Brier score and a calibration
+table, the recency rule next to them, permutation importance, and the same metrics sliced by
+country, signup channel and loyalty tier (:mod:`.fairness`). :func:`fit_churn` is the pure
+part; :func:`train_churn` reads the mart, registers, records lineage and gates.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy.stats import loguniform
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
+from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     average_precision_score,
@@ -35,7 +42,7 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from sklearn.model_selection import TimeSeriesSplit
+from sklearn.model_selection import ParameterSampler, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
@@ -49,18 +56,21 @@ from ..features.spec import (
     NUMERIC_FEATURES,
 )
 from ..monitoring.drift import build_reference, write_drift_reference
-from ..registry import ModelNotFoundError, ModelRegistry
+from ..registry import ModelNotFoundError, ModelRegistry, record_training_batches, training_lineage
 from ..warehouse.base import Warehouse
+from . import reports
 from .common import (
     FEATURE_TYPES,
     Progress,
     TrainingDataError,
     TrainResult,
+    cast_table,
     feature_frame,
     read_table,
     report,
     table_sha256,
 )
+from .fairness import DEFAULT_FAIRNESS_METRIC, DEFAULT_MAX_FAIRNESS_GAP, fairness_report
 
 CHURN_MODEL_NAME = "churn"
 PROMOTION_METRIC = "roc_auc"
@@ -75,38 +85,69 @@ MISSING_CATEGORY = "__missing__"
 FEATURE_REFERENCE_KEY = "feature_reference"
 
 
+# Randomized search: per family, ``n_iter`` settings drawn from these distributions (seeded),
+# each scored on the same time-ordered folds. Fixed settings keep one fit to about a second
+# on 20,000 rows with one thread (bounded forests: 60 trees on 20% bootstrap samples).
+SEARCH_SPACE: dict[str, dict[str, Any]] = {
+    "logistic": {"C": loguniform(1e-3, 10.0)},
+    "random_forest": {
+        "max_depth": [8, 12, 16],
+        "min_samples_leaf": [10, 30, 100],
+        "max_features": ["sqrt", 0.5],
+    },
+    "hist_gradient_boosting": {
+        "learning_rate": loguniform(0.03, 0.2),
+        "max_leaf_nodes": [15, 31],
+        "min_samples_leaf": [20, 50, 200],
+        "l2_regularization": [0.0, 0.1, 1.0],
+        "max_iter": [100, 150],
+    },
+}
+FIXED_PARAMS: dict[str, dict[str, Any]] = {
+    "logistic": {"max_iter": 2_000},
+    "random_forest": {"n_estimators": 60, "max_samples": 0.2, "n_jobs": 1},
+    "hist_gradient_boosting": {"early_stopping": False},
+}
+_ESTIMATORS: dict[str, type[BaseEstimator]] = {
+    "logistic": LogisticRegression,
+    "random_forest": RandomForestClassifier,
+    "hist_gradient_boosting": HistGradientBoostingClassifier,
+}
+
+
 @dataclass(frozen=True)
 class Candidate:
     name: str
+    family: str
     params: dict[str, Any]
-    make: Callable[[], BaseEstimator]
+    random_state: int = 0
+
+    def make(self) -> BaseEstimator:
+        """A new, unfitted estimator with this candidate's settings."""
+        kwargs = {**FIXED_PARAMS[self.family], **self.params}
+        if self.family != "logistic":
+            kwargs["random_state"] = self.random_state
+        return _ESTIMATORS[self.family](**kwargs)
 
 
-def candidate_grid(random_state: int) -> list[Candidate]:
-    """The small model-selection grid (kept small: a few seconds on 10^5 rows)."""
+def _plain(value: Any) -> Any:
+    """A sampled parameter as a short JSON-friendly value (4 significant digits)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    return value
 
-    def logistic(c: float) -> Callable[[], BaseEstimator]:
-        return lambda: LogisticRegression(C=c, max_iter=1_000)
 
-    def hgb(leaves: int, iterations: int, rate: float) -> Callable[[], BaseEstimator]:
-        return lambda: HistGradientBoostingClassifier(
-            max_leaf_nodes=leaves,
-            max_iter=iterations,
-            learning_rate=rate,
-            early_stopping=False,
-            random_state=random_state,
-        )
-
-    return [
-        Candidate("logistic_c1", {"C": 1.0}, logistic(1.0)),
-        Candidate("logistic_c0.1", {"C": 0.1}, logistic(0.1)),
-        Candidate(
-            "hgb_15", {"max_leaf_nodes": 15, "max_iter": 100, "learning_rate": 0.1}, hgb(15, 100, 0.1)
-        ),
-        Candidate(
-            "hgb_31", {"max_leaf_nodes": 31, "max_iter": 150, "learning_rate": 0.05}, hgb(31, 150, 0.05)
-        ),
-    ]  # fmt: skip
+def candidate_grid(random_state: int, n_iter: int = 2) -> list[Candidate]:
+    """The randomized search: ``n_iter`` seeded draws per family from :data:`SEARCH_SPACE`."""
+    candidates = []
+    for offset, (family, space) in enumerate(SEARCH_SPACE.items()):
+        sampler = ParameterSampler(space, n_iter=n_iter, random_state=random_state + offset)
+        for i, params in enumerate(sampler):
+            plain = {k: _plain(v) for k, v in sorted(params.items())}
+            candidates.append(Candidate(f"{family}_{i + 1}", family, plain, random_state))
+    return candidates
 
 
 def build_pipeline(estimator: BaseEstimator) -> Pipeline:
@@ -207,11 +248,86 @@ def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -
     }
 
 
-def recency_baseline_auc(recency_days: np.ndarray, y: np.ndarray) -> float:
-    """ROC AUC of scoring by recency alone (missing recency ranks as the most churned)."""
+def recency_scores(recency_days: np.ndarray) -> np.ndarray:
+    """The recency rule as a score: days since the last order (missing: the most churned)."""
     recency = np.asarray(recency_days, dtype=float)
     fill = np.nanmax(recency) + 1 if np.isfinite(recency).any() else 0.0
-    return float(roc_auc_score(y, np.where(np.isnan(recency), fill, recency)))
+    return np.where(np.isnan(recency), fill, recency)
+
+
+def recency_baseline_auc(recency_days: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC of scoring by recency alone (missing recency ranks as the most churned)."""
+    return float(roc_auc_score(y, recency_scores(recency_days)))
+
+
+def recency_baseline(
+    train_recency: np.ndarray, y_train: np.ndarray, test_recency: np.ndarray, y_test: np.ndarray
+) -> dict[str, Any]:
+    """The rule "churned if no order for at least T days", T chosen by F1 on the training
+    rows, evaluated on the held-out rows."""
+    days = best_f1_threshold(y_train, recency_scores(train_recency))
+    score = recency_scores(test_recency)
+    predicted = score >= days
+    return {
+        "rule": f"recency_days >= {days:g}",
+        "threshold_days": float(days),
+        "roc_auc": float(roc_auc_score(y_test, score)),
+        "pr_auc": float(average_precision_score(y_test, score)),
+        "precision": float(precision_score(y_test, predicted, zero_division=0)),
+        "recall": float(recall_score(y_test, predicted, zero_division=0)),
+        "f1": float(f1_score(y_test, predicted, zero_division=0)),
+    }
+
+
+def calibration_table(y: np.ndarray, score: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
+    """Observed rate against mean prediction in ``bins`` equal-count bins of the score."""
+    order = np.argsort(score, kind="stable")
+    rows = []
+    for part in np.array_split(order, min(bins, len(order))):
+        if part.size == 0:
+            continue
+        rows.append(
+            {
+                "rows": int(part.size),
+                "min_predicted": float(score[part].min()),
+                "max_predicted": float(score[part].max()),
+                "mean_predicted": float(score[part].mean()),
+                "observed_rate": float(np.mean(y[part])),
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(table: Sequence[dict[str, Any]]) -> float:
+    """Row-weighted mean |observed - predicted| over the calibration bins."""
+    total = sum(r["rows"] for r in table)
+    return float(
+        sum(r["rows"] * abs(r["observed_rate"] - r["mean_predicted"]) for r in table) / total
+    )
+
+
+def global_importance(
+    pipeline: Any,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    random_state: int,
+    n_repeats: int = 3,
+    max_rows: int = 5_000,
+) -> dict[str, dict[str, float]]:
+    """Permutation importance of each input feature on held-out rows: the mean (and std)
+    drop in ROC AUC when that column is shuffled. Sorted, most important first."""
+    if len(x) > max_rows:
+        keep = np.sort(np.random.default_rng(random_state).choice(len(x), max_rows, replace=False))
+        x, y = x.iloc[keep], y[keep]
+    result = permutation_importance(
+        pipeline, x, y, scoring="roc_auc", n_repeats=n_repeats, random_state=random_state, n_jobs=1
+    )
+    ranked = sorted(
+        zip(x.columns, result.importances_mean, result.importances_std, strict=True),
+        key=lambda item: -item[1],
+    )
+    return {str(name): {"mean": float(m), "std": float(sd)} for name, m, sd in ranked}
 
 
 def positive_scores(model: Any, frame: pd.DataFrame) -> np.ndarray:
@@ -252,61 +368,41 @@ def _require_both_classes(y: np.ndarray, part: str, cutoffs: Sequence[Any]) -> N
         )
 
 
-# -- training -----------------------------------------------------------------------------
-def train_churn(
-    warehouse: Warehouse,
-    registry: ModelRegistry,
+# -- fitting (pure) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChurnFit:
+    """A fitted churn pipeline with its held-out evaluation (no I/O done)."""
+
+    pipeline: Pipeline
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    data: pa.Table  # the training table sorted by (cutoff_date, customer_id)
+    content_sha256: str
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_test: np.ndarray
+    test_scores: np.ndarray
+    baseline_scores: np.ndarray
+
+
+def fit_churn(
+    data: pa.Table,
     *,
     horizon_days: int,
     random_state: int = 0,
     progress: Progress | None = None,
     test_fraction: float = 0.2,
     cv_folds: int = 3,
+    n_iter: int = 2,
+    cv_max_rows: int = 20_000,
     min_rows: int = 200,
-    margin: float = 0.0,
-    manifest_sha256: str | None = None,
-    model_name: str = CHURN_MODEL_NAME,
-    n_threads: int | None = 1,
-) -> TrainResult:
-    """Select, fit, evaluate, register (candidate) and promote (on ROC AUC) a churn model.
-
-    Raises :class:`TrainingDataError` (nothing registered) when the mart cannot make a model.
-    ``n_threads`` bounds the OpenMP/BLAS threads of the fits (``None``: library default);
-    one thread is the fastest on a small shared machine (no spinning threads).
-    """
-    with threadpool_limits(limits=n_threads):
-        return _train_churn(
-            warehouse,
-            registry,
-            horizon_days=horizon_days,
-            random_state=random_state,
-            progress=progress,
-            test_fraction=test_fraction,
-            cv_folds=cv_folds,
-            min_rows=min_rows,
-            margin=margin,
-            manifest_sha256=manifest_sha256,
-            model_name=model_name,
-        )
-
-
-def _train_churn(
-    warehouse: Warehouse,
-    registry: ModelRegistry,
-    *,
-    horizon_days: int,
-    random_state: int,
-    progress: Progress | None,
-    test_fraction: float,
-    cv_folds: int,
-    min_rows: int,
-    margin: float,
-    manifest_sha256: str | None,
-    model_name: str,
-) -> TrainResult:
-    started = time.perf_counter()
-    report(progress, f"reading {CHURN_TRAINING_TABLE}")
-    sql, data = read_table(warehouse, CHURN_TRAINING_TABLE, CHURN_COLUMNS, what="churn training")
+    fairness_metric: str = DEFAULT_FAIRNESS_METRIC,
+    max_fairness_gap: float | None = DEFAULT_MAX_FAIRNESS_GAP,
+    importance_repeats: int = 3,
+) -> ChurnFit:
+    """Select (randomized search on time-ordered folds), fit and evaluate a churn pipeline
+    on ``marts.ml_churn_training`` rows. Raises :class:`TrainingDataError`."""
+    data = cast_table(data, CHURN_COLUMNS, what="churn training")
     validate_training_data(data, min_rows=min_rows)
     data = data.sort_by([(k, "ascending") for k in SORT_KEYS])
     content_sha256 = table_sha256(data, SORT_KEYS)
@@ -325,16 +421,20 @@ def _train_churn(
     train_cutoffs = cutoffs[train_mask]
     report(progress, f"{x_train.shape[0]} training rows, {x_test.shape[0]} held-out rows")
 
-    # -- model selection over time-ordered folds of the training cutoffs
-    folds = [
-        (tr, va)
-        for tr, va in cutoff_folds(train_cutoffs, n_splits=cv_folds, gap_days=horizon_days)
-        if np.unique(y_train[tr]).size == 2 and np.unique(y_train[va]).size == 2
-    ]
-    candidates = candidate_grid(random_state)
+    # -- model selection: randomized search over time-ordered folds of the training cutoffs
+    rng = np.random.default_rng(random_state)
+    folds = []
+    for tr, va in cutoff_folds(train_cutoffs, n_splits=cv_folds, gap_days=horizon_days):
+        if np.unique(y_train[tr]).size < 2 or np.unique(y_train[va]).size < 2:
+            continue
+        if tr.size > cv_max_rows:  # a seeded subsample keeps each fold fit to ~a second
+            tr = np.sort(rng.choice(tr, cv_max_rows, replace=False))
+        folds.append((tr, va))
+    candidates = candidate_grid(random_state, n_iter)
     selection: list[dict[str, Any]] = []
     out_of_fold: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for candidate in candidates:
+        started = time.perf_counter()
         aucs, ys, scores = [], [], []
         for tr, va in folds:
             model = build_pipeline(candidate.make()).fit(x_train.iloc[tr], y_train[tr])
@@ -344,27 +444,43 @@ def _train_churn(
             scores.append(score)
         mean_auc = float(np.mean(aucs)) if aucs else None
         selection.append(
-            {"name": candidate.name, "params": candidate.params, "cv_roc_auc": mean_auc,
-             "fold_roc_auc": aucs}
+            {"name": candidate.name, "family": candidate.family, "params": candidate.params,
+             "cv_roc_auc": mean_auc, "fold_roc_auc": aucs,
+             "seconds": round(time.perf_counter() - started, 2)}
         )  # fmt: skip
         if ys:
             out_of_fold[candidate.name] = (np.concatenate(ys), np.concatenate(scores))
-        report(progress, f"candidate {candidate.name}: cv roc_auc {mean_auc}")
+        report(progress, f"candidate {candidate.name} {candidate.params}: cv roc_auc {mean_auc}")
     if folds:
-        best = max(
-            candidates, key=lambda c: next(s["cv_roc_auc"] for s in selection if s["name"] == c.name)
-        )  # fmt: skip
+        cv_auc = {s["name"]: s["cv_roc_auc"] for s in selection}
+        best = max(candidates, key=lambda c: cv_auc[c.name])
         threshold = best_f1_threshold(*out_of_fold[best.name])
     else:
-        best, threshold = candidates[0], 0.5
-    report(progress, f"selected {best.name}; fitting on all training rows")
+        best, threshold = next(c for c in candidates if c.family == "logistic"), 0.5
+    report(progress, f"selected {best.name}; fitting on all {len(x_train)} training rows")
 
     # -- final fit on the training rows, evaluation on the held-out rows
     pipeline = build_pipeline(best.make()).fit(x_train, y_train)
     test_scores = positive_scores(pipeline, x_test)
     metrics: dict[str, Any] = classification_metrics(y_test, test_scores, threshold)
-    metrics["baseline_recency_roc_auc"] = recency_baseline_auc(
-        x_test["recency_days"].to_numpy(), y_test
+    metrics["threshold_source"] = "F1-optimal on the out-of-fold predictions of the selection"
+    baseline = recency_baseline(
+        x_train["recency_days"].to_numpy(), y_train, x_test["recency_days"].to_numpy(), y_test
+    )
+    metrics["baseline_recency_roc_auc"] = baseline["roc_auc"]
+    metrics["baseline"] = baseline
+    metrics["brier_base_rate"] = float(
+        brier_score_loss(y_test, np.full(len(y_test), y_train.mean()))
+    )
+    calibration = calibration_table(y_test, test_scores)
+    metrics["calibration"] = calibration
+    metrics["expected_calibration_error"] = expected_calibration_error(calibration)
+    report(progress, "permutation importance on the held-out rows")
+    metrics["permutation_importance"] = global_importance(
+        pipeline, x_test, y_test, random_state=random_state, n_repeats=importance_repeats
+    )
+    metrics["fairness"] = fairness_report(
+        x_test, y_test, test_scores, threshold, metric=fairness_metric, max_gap=max_fairness_gap
     )
     test_table = data.filter(pa.array(test_mask))
     metrics["holdout"] = {
@@ -380,54 +496,152 @@ def _train_churn(
         "last_cutoff": str(train_cutoffs.max()),
     }
     metrics["selection"] = {
+        "method": f"randomized search, {n_iter} draws per family, time-ordered folds",
         "folds": len(folds),
+        "fold_max_training_rows": cv_max_rows,
         "candidates": selection,
         "selected": best.name,
-        "note": None if folds else "no usable time-ordered folds: first candidate used",
+        "note": None if folds else "no usable time-ordered folds: a logistic regression used",
     }
-    metrics["champion_evaluations"] = _evaluate_champion(registry, model_name, x_test, y_test)
-
     params = {
         "estimator": best.name,
-        "estimator_params": best.params,
+        "family": best.family,
+        "estimator_params": {**FIXED_PARAMS[best.family], **best.params},
         "horizon_days": horizon_days,
         "random_state": random_state,
         "test_fraction": test_fraction,
         "cv_folds": cv_folds,
+        "n_iter": n_iter,
         "numeric_features": list(NUMERIC_FEATURES),
         "categorical_features": list(CATEGORICAL_FEATURES),
-        "grid": [c.name for c in candidates],
+        "search_space": {
+            family: {k: (list(v) if isinstance(v, list) else repr(v)) for k, v in space.items()}
+            for family, space in SEARCH_SPACE.items()
+        },
     }
+    return ChurnFit(
+        pipeline=pipeline,
+        metrics=metrics,
+        params=params,
+        data=data,
+        content_sha256=content_sha256,
+        x_train=x_train,
+        x_test=x_test,
+        y_test=y_test,
+        test_scores=test_scores,
+        baseline_scores=recency_scores(x_test["recency_days"].to_numpy()),
+    )
+
+
+def churn_reports(fit: ChurnFit, title: str) -> dict[str, bytes]:
+    """ROC, precision-recall, calibration and importance charts of a fit (PNG bytes)."""
+    m = fit.metrics
+    return {
+        reports.ROC: reports.roc_png(
+            fit.y_test, fit.test_scores, fit.baseline_scores,
+            title=f"{title}: ROC AUC {m['roc_auc']:.3f} (recency {m['baseline_recency_roc_auc']:.3f})",
+        ),
+        reports.PRECISION_RECALL: reports.precision_recall_png(
+            fit.y_test, fit.test_scores, fit.baseline_scores, threshold=m["threshold"],
+            title=f"{title}: PR AUC {m['pr_auc']:.3f}, F1 {m['f1']:.3f}",
+        ),
+        reports.CALIBRATION: reports.calibration_png(
+            m["calibration"], title=f"{title}: Brier {m['brier']:.3f}"
+        ),
+        reports.IMPORTANCE: reports.importance_png(
+            m["permutation_importance"], title=f"{title}: permutation importance"
+        ),
+    }  # fmt: skip
+
+
+# -- training (I/O) -------------------------------------------------------------------------
+def train_churn(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    *,
+    horizon_days: int,
+    random_state: int = 0,
+    progress: Progress | None = None,
+    test_fraction: float = 0.2,
+    cv_folds: int = 3,
+    n_iter: int = 2,
+    min_rows: int = 200,
+    margin: float = 0.0,
+    max_fairness_gap: float | None = DEFAULT_MAX_FAIRNESS_GAP,
+    fairness_metric: str = DEFAULT_FAIRNESS_METRIC,
+    manifest_sha256: str | None = None,
+    dbt_manifest: Path | None = None,
+    model_name: str = CHURN_MODEL_NAME,
+    n_threads: int | None = 1,
+    with_reports: bool = True,
+) -> TrainResult:
+    """Select, fit, evaluate, register (candidate) and gate a churn model: promoted on ROC
+    AUC against production on the same held-out rows, only within the fairness limit.
+
+    ``dbt_manifest`` (dbt's ``target/manifest.json``) adds the dbt lineage and the raw
+    batches to the training fingerprint; ``manifest_sha256`` alone records just the hash.
+    Raises :class:`TrainingDataError` (nothing registered) when the mart cannot make a model.
+    ``n_threads`` bounds the OpenMP/BLAS threads of the fits (``None``: library default);
+    one thread is the fastest on a small shared machine (no spinning threads).
+    """
+    started = time.perf_counter()
+    with threadpool_limits(limits=n_threads):
+        report(progress, f"reading {CHURN_TRAINING_TABLE}")
+        sql, data = read_table(
+            warehouse, CHURN_TRAINING_TABLE, CHURN_COLUMNS, what="churn training"
+        )
+        fit = fit_churn(
+            data,
+            horizon_days=horizon_days,
+            random_state=random_state,
+            progress=progress,
+            test_fraction=test_fraction,
+            cv_folds=cv_folds,
+            n_iter=n_iter,
+            min_rows=min_rows,
+            fairness_metric=fairness_metric,
+            max_fairness_gap=max_fairness_gap,
+        )
+        metrics = dict(fit.metrics)
+        metrics["champion_evaluations"] = _evaluate_champion(
+            registry, model_name, fit.x_test, fit.y_test
+        )
+    lineage, batches = training_lineage(warehouse, CHURN_TRAINING_TABLE, dbt_manifest)
+    cutoffs = fit.data.column(CUTOFF)
     fingerprint = {
         "table": CHURN_TRAINING_TABLE,
         "query": sql,
-        "row_count": data.num_rows,
-        "content_sha256": content_sha256,
-        "dbt_manifest_sha256": manifest_sha256,
-        "first_cutoff": str(cutoffs.min()),
-        "last_cutoff": str(cutoffs.max()),
+        "row_count": fit.data.num_rows,
+        "content_sha256": fit.content_sha256,
+        **lineage,
+        "dbt_manifest_sha256": lineage["dbt_manifest_sha256"] or manifest_sha256,
+        "first_cutoff": str(pc.min(cutoffs).as_py()),
+        "last_cutoff": str(pc.max(cutoffs).as_py()),
         # Typical training values (serving's explanations compare against these).
-        FEATURE_REFERENCE_KEY: feature_reference(x_train),
+        FEATURE_REFERENCE_KEY: feature_reference(fit.x_train),
     }
+    charts = churn_reports(fit, model_name) if with_reports else {}
 
     report(progress, f"registering {model_name} (held-out roc_auc {metrics['roc_auc']:.4f})")
     version = registry.register(
-        model_name, pipeline, kind="sklearn", params=params, metrics=metrics,
-        fingerprint=fingerprint,
+        model_name, fit.pipeline, kind="sklearn", params=fit.params, metrics=metrics,
+        fingerprint=fingerprint, reports=charts,
     )  # fmt: skip
+    record_training_batches(warehouse, model_name, version.version, batches)
     # Drift reference: the latest snapshot of the mart (comparable to the scored snapshot).
-    latest = data.filter(pc.equal(data.column(CUTOFF), pa.scalar(_as_date(cutoffs.max()))))
+    latest = fit.data.filter(pc.equal(cutoffs, pc.max(cutoffs)))
     write_drift_reference(warehouse, model_name, version.version, build_reference(latest))
     decision = registry.promote(
-        model_name, version.version, metric=PROMOTION_METRIC, higher_is_better=True, margin=margin
-    )
+        model_name, version.version, metric=PROMOTION_METRIC, higher_is_better=True,
+        margin=margin, max_fairness_gap=max_fairness_gap,
+    )  # fmt: skip
     report(progress, decision.reason)
     return TrainResult(
         model_name=model_name,
         version=registry.get(model_name, version.version),
         promotion=decision,
         metrics=metrics,
-        rows=data.num_rows,
+        rows=fit.data.num_rows,
         seconds=time.perf_counter() - started,
     )
 
@@ -455,7 +669,3 @@ def _evaluate_champion(
     threshold = champion.version.metrics.get("threshold") or 0.5
     scores = positive_scores(champion.model, x_test)
     return {str(champion.version.version): classification_metrics(y_test, scores, threshold)}
-
-
-def _as_date(value: np.datetime64) -> date:
-    return date(1970, 1, 1) + timedelta(days=int(value.astype("datetime64[D]").astype(np.int64)))

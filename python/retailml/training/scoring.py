@@ -165,7 +165,9 @@ def _replace_scores(
 ) -> None:
     warehouse.create_table(SCORES_TABLE, SCORES_SCHEMA)
     placeholders = ", ".join("?" * len(as_of_dates))
-    with warehouse.transaction(), pa.memory_map(str(spool)) as source:
+    # Read (not memory-map) the spool: each batch is freed once appended instead of its
+    # pages staying resident, so this side holds about one batch however many were scored.
+    with warehouse.transaction(), pa.OSFile(str(spool), "rb") as source:
         warehouse.execute(
             f"delete from {SCORES_TABLE} where model_name = ? and {AS_OF} in ({placeholders})",
             [model_name, *as_of_dates],

@@ -55,7 +55,8 @@ def _features(
     }
 
 
-def _churn_probability(f: dict[str, np.ndarray]) -> np.ndarray:
+def churn_probability(f: dict[str, np.ndarray]) -> np.ndarray:
+    """The probability the labels were drawn from (the synthetic oracle)."""
     tier = np.select(
         [f["loyalty_tier"] == "gold", f["loyalty_tier"] == "silver"], [-1.2, -0.5], 0.0
     )
@@ -101,7 +102,7 @@ def make_churn_training(
     for k in range(n_cutoffs):
         cutoff = first_cutoff + timedelta(days=k * cutoff_step_days)
         features = _features(rng, engagement, (signup_age + k * cutoff_step_days).astype(float))
-        churned = rng.random(n_customers) < _churn_probability(features)
+        churned = rng.random(n_customers) < churn_probability(features)
         parts.append(
             {
                 "customer_id": ids,
