@@ -99,7 +99,7 @@ def test_scoring_memory_does_not_grow_with_the_number_of_customers(tmp_path: Pat
     assert (small["rows"], large["rows"]) == (100_000, 400_000)
     growth_small = small["peak"] - small["before"]
     growth_large = large["peak"] - large["before"]
-    # Measured: streaming in 20,000-row batches, 4x the customers grow the peak by 1.04-1.09x
-    # (20-45 MiB on ~500 MiB, DuckDB's insert buffers, noisier on a loaded machine); scoring
-    # everything in one batch grows it ~240 MiB more (~1.5x). A ratio, not an absolute margin.
-    assert growth_large < 1.25 * growth_small, (small, large)
+    # Measured: streaming in 20,000-row batches, the larger run's peak grows 20-45 MiB more
+    # (DuckDB's insert buffers; noisier on a loaded machine); scoring everything in one batch
+    # grows it ~240 MiB more. The margin sits between the two.
+    assert growth_large - growth_small < 100, (small, large)
