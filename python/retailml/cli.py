@@ -149,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
             handler=lambda s, a, _n=name: getattr(pipeline, _n)(s, progress=progress)
         )
 
+    backfill = sub.add_parser(
+        "backfill", help="re-extract a range of days, replacing what it loaded before"
+    )
+    backfill.add_argument("--start", type=date.fromisoformat, required=True, help="first day")
+    backfill.add_argument("--end", type=date.fromisoformat, required=True, help="last day")
+    backfill.add_argument(
+        "--source", choices=["s3", "mongo"], action="append", help="default: both"
+    )
+    backfill.set_defaults(
+        handler=lambda s, a: pipeline.backfill(
+            s, a.start, a.end, progress=progress, sources=tuple(a.source or ("s3", "mongo"))
+        )
+    )
+
     transform = sub.add_parser("transform", help="run dbt (default: build) on the warehouse")
     transform.add_argument("dbt_args", nargs="*", default=["build"])
     transform.set_defaults(

@@ -92,6 +92,34 @@ def ingest(settings: Settings, progress: Progress = _quiet) -> Any:
     return report
 
 
+def backfill(
+    settings: Settings,
+    start: date,
+    end: date,
+    progress: Progress = _quiet,
+    sources: tuple[str, ...] = ("s3", "mongo"),
+) -> Any:
+    """Re-extract the days ``start..end``: their S3 partitions and/or Mongo documents,
+    replacing exactly what they loaded before."""
+    from .ingest import backfill_all
+
+    objects = runtime.open_object_store(settings)
+    db = runtime.open_mongo(settings)
+    with _warehouse(settings) as warehouse:
+        report = backfill_all(
+            warehouse,
+            objects,
+            db,
+            prefix=settings.s3_prefix,
+            start=start,
+            end=end,
+            sources=sources,
+            progress=progress,
+        )
+    progress(f"backfilled {start}..{end}: {report.summary()}")
+    return report
+
+
 def transform(
     settings: Settings, command: tuple[str, ...] = ("build",), progress: Progress = _quiet
 ) -> Any:

@@ -50,3 +50,13 @@
         {{ bounds_relation }}.{{ start_column }}, {{ bounds_relation }}.{{ end_column }}
     )) as date_day
 {%- endmacro %}
+
+
+{# Whole calendar months from the month of start_date to the month of end_date, as bigint. #}
+{% macro months_between(start_date, end_date) -%}
+    cast(
+        (extract(year from {{ end_date }}) - extract(year from {{ start_date }})) * 12
+        + extract(month from {{ end_date }}) - extract(month from {{ start_date }})
+        as {{ dbt.type_bigint() }}
+    )
+{%- endmacro %}

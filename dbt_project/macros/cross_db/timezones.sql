@@ -39,3 +39,39 @@
 {% macro bigquery__utc_to_local_date(column, timezone) -%}
     date({{ column }}, '{{ timezone }}')
 {%- endmacro %}
+
+
+{# Microseconds since 1970-01-01 00:00:00 UTC of an instant, as bigint (exact on every target). #}
+{% macro epoch_microseconds(column) -%}
+    {{ return(adapter.dispatch('epoch_microseconds', 'retailml')(column)) }}
+{%- endmacro %}
+
+{% macro default__epoch_microseconds(column) -%}
+    cast(extract(epoch from {{ column }}) * 1000000 as {{ dbt.type_bigint() }})
+{%- endmacro %}
+
+{% macro duckdb__epoch_microseconds(column) -%}
+    epoch_us({{ column }})
+{%- endmacro %}
+
+{% macro bigquery__epoch_microseconds(column) -%}
+    unix_micros({{ column }})
+{%- endmacro %}
+
+
+{# The instant a shop-local calendar day starts (its local midnight), as an instant. #}
+{% macro local_day_start(date_expression, timezone=none) -%}
+    {{ return(adapter.dispatch('local_day_start', 'retailml')(date_expression, timezone or var('shop_timezone'))) }}
+{%- endmacro %}
+
+{% macro default__local_day_start(date_expression, timezone) -%}
+    {{ default__naive_to_utc('cast(' ~ date_expression ~ ' as timestamp)', timezone) }}
+{%- endmacro %}
+
+{% macro duckdb__local_day_start(date_expression, timezone) -%}
+    {{ duckdb__naive_to_utc('cast(' ~ date_expression ~ ' as timestamp)', timezone) }}
+{%- endmacro %}
+
+{% macro bigquery__local_day_start(date_expression, timezone) -%}
+    timestamp({{ date_expression }}, '{{ timezone }}')
+{%- endmacro %}

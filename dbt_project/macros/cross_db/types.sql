@@ -32,3 +32,15 @@
 {% macro bigquery__type_timestamptz() -%}
     {{ return('timestamp') }}
 {%- endmacro %}
+
+
+{# The instant a dbt invocation started (UTC), as a typed literal: the `transformed_at` of its rows. #}
+{% macro run_started_at_literal() -%}
+    cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}+00:00' as {{ type_timestamptz() }})
+{%- endmacro %}
+
+
+{# A typed date literal from a Python date or an ISO string. #}
+{% macro date_literal(value) -%}
+    cast('{{ value }}' as date)
+{%- endmacro %}

@@ -1,8 +1,13 @@
+{#
+    The calendar spans the order days in fct_order_lines (min/max come from its order_date
+    index or zone maps, so this stays cheap on a large fact).
+#}
+
 with
 
 order_lines as (
 
-    select order_date from {{ ref('stg_shop__order_lines') }}
+    select order_date from {{ ref('fct_order_lines') }}
 
 ),
 

@@ -1,21 +1,29 @@
 {#
-    Current state of each product. The SCD2 issue will read a snapshot of stg_shop__products
-    here instead (price history); valid_from, valid_to and is_current already carry that
-    shape.
+    SCD type 2 product dimension (price history): one row per version of each product, from
+    the snapshot snap_shop__products, plus the special members.
 #}
 
 with
 
-products as (
+product_versions as (
 
-    select * from {{ ref('stg_shop__products') }}
+    select * from {{ ref('snap_shop__products') }}
+
+),
+
+numbered as (
+
+    select
+        *,
+        row_number() over (partition by product_id order by dbt_valid_from) as version_number
+    from product_versions
 
 ),
 
 product_members as (
 
     select
-        {{ integer_surrogate_key(['product_id']) }} as product_sk,
+        {{ integer_surrogate_key(['product_id', epoch_microseconds('dbt_valid_from')]) }} as product_sk,
         product_id,
         product_name,
         category,
@@ -24,13 +32,20 @@ product_members as (
         currency,
         list_price,
         weight_g,
+        cast(version_number as {{ dbt.type_bigint() }}) as version_number,
         is_active,
-        true as is_current,
+        dbt_valid_to is null as is_current,
         created_at,
         updated_at,
-        updated_at as valid_from,
-        cast(null as {{ type_timestamptz() }}) as valid_to
-    from products
+        -- The first version known also stands for the time from creation until it was first
+        -- extracted: what the product looked like before is not known.
+        case
+            when version_number = 1 and created_at < dbt_valid_from then created_at
+            else dbt_valid_from
+        end as valid_from,
+        dbt_valid_to as valid_to,
+        extracted_at
+    from numbered
 
 ),
 
@@ -47,12 +62,14 @@ special_members as (
         cast(null as {{ dbt.type_string() }}) as currency,
         cast(null as {{ type_double() }}) as list_price,
         cast(null as {{ type_double() }}) as weight_g,
+        cast(1 as {{ dbt.type_bigint() }}) as version_number,
         false as is_active,
         true as is_current,
         cast(null as {{ type_timestamptz() }}) as created_at,
         cast(null as {{ type_timestamptz() }}) as updated_at,
         cast(null as {{ type_timestamptz() }}) as valid_from,
-        cast(null as {{ type_timestamptz() }}) as valid_to
+        cast(null as {{ type_timestamptz() }}) as valid_to,
+        cast(null as {{ type_timestamptz() }}) as extracted_at
 
     union all
 
@@ -67,12 +84,14 @@ special_members as (
         cast(null as {{ dbt.type_string() }}) as currency,
         cast(null as {{ type_double() }}) as list_price,
         cast(null as {{ type_double() }}) as weight_g,
+        cast(1 as {{ dbt.type_bigint() }}) as version_number,
         true as is_active,
         true as is_current,
         cast(null as {{ type_timestamptz() }}) as created_at,
         cast(null as {{ type_timestamptz() }}) as updated_at,
         cast(null as {{ type_timestamptz() }}) as valid_from,
-        cast(null as {{ type_timestamptz() }}) as valid_to
+        cast(null as {{ type_timestamptz() }}) as valid_to,
+        cast(null as {{ type_timestamptz() }}) as extracted_at
 
 ),
 

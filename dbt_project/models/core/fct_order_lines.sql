@@ -1,79 +1,55 @@
 {#
-    Incremental by order_date: a run replaces whole order days. It rebuilds
-      - the last `incremental_lookback_days` days before the latest loaded order_date,
-      - every day that received lines extracted since the previous run (late files), and
-      - every day that still has lines on the unknown customer/product member (-1), so
-        late-arriving dimension rows get their keys.
-    BigQuery has no delete+insert; insert_overwrite on the order_date partition is the same.
+    Incremental by order_date: a run replaces whole order days (delete+insert; BigQuery:
+    insert_overwrite of the order_date partition). It rebuilds
+      - the `incremental_lookback_days` days before the latest loaded order_date and later,
+      - every day that received lines extracted after the latest extraction already here
+        (late files, re-exports),
+      - every day that still has lines on an unknown member (-1): late dimension documents,
+      - every day with a line whose dimension version no longer covers its ordered_at: a new
+        version (extracted since the last run) that took effect before the line was ordered.
+    The days are found with queries at run time and inlined as literal dates, so the filter
+    reaches the raw table's scan below the staging view. A full refresh gives the same rows
+    (checked by tests/integration/test_dbt_cross_db.py), except transformed_at.
 #}
+-- depends_on: {{ ref('stg_shop__order_line_extractions') }}
 {{
     config(
         materialized='incremental',
         unique_key='order_date',
         incremental_strategy=('insert_overwrite' if target.type == 'bigquery' else 'delete+insert'),
         partition_by=({'field': 'order_date', 'data_type': 'date'} if target.type == 'bigquery' else none),
+        indexes=([
+            {'columns': ['order_date']},
+            {'columns': ['customer_sk']},
+            {'columns': ['product_sk']},
+            {'columns': ['transformed_at']},
+        ] if target.type == 'postgres' else []),
         on_schema_change='append_new_columns',
     )
 }}
+
+{%- set rebuild_days = fct_order_lines_rebuild_predicate() if is_incremental() else 'true' %}
 
 with
 
 order_lines as (
 
     select * from {{ ref('stg_shop__order_lines') }}
+    where {{ rebuild_days }}
 
 ),
 
 customers as (
 
     select * from {{ ref('dim_customers') }}
+    where customer_sk > 0
 
 ),
 
 products as (
 
     select * from {{ ref('dim_products') }}
-
-),
-
-{% if is_incremental() %}
-
-loaded as (
-
-    select
-        max(order_date) as last_order_date,
-        max(extracted_at) as last_extracted_at
-    from {{ this }}
-
-),
-
-days_to_rebuild as (
-
-    select order_lines.order_date
-    from order_lines
-    cross join loaded
-    where
-        loaded.last_order_date is null
-        or order_lines.extracted_at > loaded.last_extracted_at
-        or order_lines.order_date
-        >= {{ add_days('loaded.last_order_date', -(var('incremental_lookback_days') | int)) }}
-
-    union all
-
-    select order_date
-    from {{ this }}
-    where customer_sk = -1 or product_sk = -1
-
-),
-
-{% endif %}
-
-new_lines as (
-
-    select * from order_lines
-    {% if is_incremental() %}
-    where order_date in (select days_to_rebuild.order_date from days_to_rebuild)
-    {% endif %}
+    where product_sk > 0
 
 ),
 
@@ -81,44 +57,54 @@ final as (
 
     select
         -- ids
-        new_lines.order_line_id,
-        new_lines.order_id,
-        new_lines.line_number,
-        new_lines.customer_id,
-        new_lines.product_id,
+        order_lines.order_line_id,
+        order_lines.order_id,
+        order_lines.line_number,
+        order_lines.customer_id,
+        order_lines.product_id,
 
-        -- dimension keys
+        -- dimension keys: the version valid when the order was placed (point in time)
         case
-            when new_lines.customer_id is null then cast(-2 as {{ dbt.type_bigint() }})
+            when order_lines.customer_id is null then cast(-2 as {{ dbt.type_bigint() }})
             else coalesce(customers.customer_sk, -1)
         end as customer_sk,
-        coalesce(products.product_sk, -1) as product_sk,
+        case
+            when not order_lines.is_product_line then cast(-2 as {{ dbt.type_bigint() }})
+            else coalesce(products.product_sk, -1)
+        end as product_sk,
 
         -- attributes
-        new_lines.currency,
-        new_lines.channel,
+        order_lines.currency,
+        order_lines.channel,
 
         -- measures
-        new_lines.quantity,
-        new_lines.unit_price,
-        new_lines.quantity * new_lines.unit_price as gross_amount,
-        new_lines.discount_amount,
-        new_lines.quantity * new_lines.unit_price - new_lines.discount_amount as net_amount,
+        order_lines.quantity,
+        order_lines.unit_price,
+        order_lines.quantity * order_lines.unit_price as gross_amount,
+        order_lines.discount_amount,
+        order_lines.quantity * order_lines.unit_price - order_lines.discount_amount as net_amount,
 
         -- flags
-        new_lines.is_return,
-        new_lines.is_product_line,
+        order_lines.is_return,
+        order_lines.is_product_line,
 
         -- dates and timestamps
-        new_lines.order_date,
-        new_lines.ordered_at,
-        new_lines.exported_at,
-        new_lines.extracted_at
-    from new_lines
+        order_lines.order_date,
+        order_lines.ordered_at,
+        order_lines.exported_at,
+        order_lines.extracted_at,
+        {{ run_started_at_literal() }} as transformed_at
+    from order_lines
     left join customers
-        on new_lines.customer_id = customers.customer_id
+        on
+            order_lines.customer_id = customers.customer_id
+            and order_lines.ordered_at >= customers.valid_from
+            and (customers.valid_to is null or order_lines.ordered_at < customers.valid_to)
     left join products
-        on new_lines.product_id = products.product_id
+        on
+            order_lines.product_id = products.product_id
+            and order_lines.ordered_at >= products.valid_from
+            and (products.valid_to is null or order_lines.ordered_at < products.valid_to)
 
 )
 

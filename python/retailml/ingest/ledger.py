@@ -12,6 +12,7 @@ from ..warehouse.base import Warehouse
 
 LEDGER_TABLE = "raw._load_ledger"
 QUARANTINE_TABLE = "raw._quarantine"
+DRIFT_TABLE = "raw._schema_drift"
 
 LEDGER_SCHEMA = pa.schema(
     [
@@ -20,7 +21,9 @@ LEDGER_SCHEMA = pa.schema(
         ("target_table", pa.string()),
         ("object_key", pa.string()),  # s3://bucket/key, or mongo://db/collection
         ("object_version", pa.string()),  # S3 ETag, or the Mongo watermark reached
-        ("status", pa.string()),  # 'loaded' or 'quarantined'
+        # 'loaded', 'quarantined' (nothing loaded), 'removed' (a backfill found the object
+        # gone and deleted its rows) or 'backfill' (a Mongo window re-extracted)
+        ("status", pa.string()),
         ("row_count", pa.int64()),
         ("checksum", pa.string()),
         ("loaded_at", pa.timestamp("us", tz="UTC")),
@@ -39,6 +42,25 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+DRIFT_SCHEMA = pa.schema(
+    [
+        ("batch_id", pa.string()),
+        ("object_key", pa.string()),
+        ("target_table", pa.string()),
+        ("column_name", pa.string()),
+        ("change", pa.string()),  # 'added', 'missing' or 'type'
+        ("expected_type", pa.string()),
+        ("found_type", pa.string()),
+        ("rows_as_text", pa.int64()),  # values kept as text in _raw_text
+        ("detected_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+class IngestError(ValueError):
+    """A request the ingestion cannot carry out (an empty backfill range, an unknown source)."""
+
+
 def new_batch_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
@@ -50,6 +72,7 @@ def utcnow() -> datetime:
 def ensure_bookkeeping(warehouse: Warehouse) -> None:
     warehouse.create_table(LEDGER_TABLE, LEDGER_SCHEMA)
     warehouse.create_table(QUARANTINE_TABLE, QUARANTINE_SCHEMA)
+    warehouse.create_table(DRIFT_TABLE, DRIFT_SCHEMA)
 
 
 def ledger_row(
@@ -106,15 +129,53 @@ def quarantine_table(batch_id: str, source: str, records: list[QuarantinedRecord
     )
 
 
+@dataclass(frozen=True)
+class DriftRecord:
+    """Schema drift seen in one object (see :class:`~retailml.ingest.conform.DriftNote`)."""
+
+    object_key: str
+    target_table: str
+    column: str
+    change: str
+    expected_type: str | None
+    found_type: str | None
+    rows_as_text: int
+    description: str
+
+
+def drift_table(batch_id: str, records: list[DriftRecord]) -> pa.Table:
+    now = utcnow()
+    return pa.Table.from_pylist(
+        [
+            {
+                "batch_id": batch_id,
+                "object_key": r.object_key,
+                "target_table": r.target_table,
+                "column_name": r.column,
+                "change": r.change,
+                "expected_type": r.expected_type,
+                "found_type": r.found_type,
+                "rows_as_text": r.rows_as_text,
+                "detected_at": now,
+            }
+            for r in records
+        ],
+        schema=DRIFT_SCHEMA,
+    )
+
+
 @dataclass
 class LoadReport:
-    """What one ingestion run did, for logs and flow artifacts."""
+    """What one ingestion (or backfill) run did, for logs and flow artifacts."""
 
     batch_id: str
     objects_loaded: int = 0
     objects_skipped: int = 0
+    objects_removed: int = 0
     rows_loaded: int = 0
+    rows_replaced: int = 0  # rows deleted because a new version (or a backfill) replaced them
     quarantined: list[QuarantinedRecord] = field(default_factory=list)
+    drift: list[DriftRecord] = field(default_factory=list)
     by_table: dict[str, int] = field(default_factory=dict)
 
     def add_rows(self, table: str, rows: int) -> None:
@@ -124,7 +185,10 @@ class LoadReport:
     def merge(self, other: LoadReport) -> None:
         self.objects_loaded += other.objects_loaded
         self.objects_skipped += other.objects_skipped
+        self.objects_removed += other.objects_removed
+        self.rows_replaced += other.rows_replaced
         self.quarantined.extend(other.quarantined)
+        self.drift.extend(other.drift)
         for table, rows in other.by_table.items():
             self.add_rows(table, rows)
 
@@ -135,6 +199,14 @@ class LoadReport:
         )
         if self.by_table:
             text += "; " + ", ".join(f"{t}={n}" for t, n in sorted(self.by_table.items()))
+        if self.rows_replaced:
+            text += f"; {self.rows_replaced} earlier rows replaced"
+        if self.objects_removed:
+            text += f"; {self.objects_removed} objects gone from the source (their rows removed)"
+        if self.drift:
+            text += f"; SCHEMA DRIFT {len(self.drift)} (see {DRIFT_TABLE}): " + "; ".join(
+                f"{d.object_key}: {d.description}" for d in self.drift[:5]
+            )
         if self.quarantined:
             text += f"; QUARANTINED {len(self.quarantined)} (see {QUARANTINE_TABLE}): " + "; ".join(
                 f"{q.object_key}: {q.error}" for q in self.quarantined[:5]

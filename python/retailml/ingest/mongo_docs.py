@@ -3,10 +3,14 @@
 The watermark is ``(updated_at, _id)``: documents are read with a plain filtered, sorted
 ``find`` cursor (``updated_at >= watermark``, ties broken on ``_id``), in chunks; each chunk's
 rows and its ledger row (holding the new watermark) commit in one transaction.
+
+:func:`backfill_collection` re-extracts an ``updated_at`` window and replaces, in one
+transaction, the raw rows of the document versions it finds again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -15,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..warehouse.base import Warehouse
+from ..warehouse.base import Warehouse, qualified
 from .ledger import (
     LEDGER_TABLE,
     QUARANTINE_TABLE,
@@ -160,6 +164,22 @@ def _new_documents(
         yield doc
 
 
+def _chunk_rows(
+    chunk: list[dict[str, Any]], spec: CollectionSpec, key: str
+) -> tuple[list[dict[str, Any]], list[QuarantinedRecord], str]:
+    """The raw rows of a chunk, the documents quarantined, and a checksum of the chunk."""
+    rows, bad = [], []
+    digest = hashlib.sha256()
+    for doc in chunk:
+        text = json.dumps(doc, default=_json_default, sort_keys=True)
+        digest.update(text.encode())
+        try:
+            rows.append(document_row(doc, spec))
+        except (DocumentTypeError, KeyError) as exc:
+            bad.append(QuarantinedRecord(f"{key}/{doc.get('_id')}", str(exc), text[:10_000]))
+    return rows, bad, f"sha256:{digest.hexdigest()}"
+
+
 def _chunks(docs: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     chunk: list[dict[str, Any]] = []
     for doc in docs:
@@ -187,13 +207,7 @@ def ingest_collection(
     report = LoadReport(batch_id)
     since, after_id = _watermark(warehouse, key)
     for chunk in _chunks(_new_documents(db[spec.collection], since, after_id, 5_000), chunk_size):
-        rows, bad = [], []
-        for doc in chunk:
-            try:
-                rows.append(document_row(doc, spec))
-            except (DocumentTypeError, KeyError) as exc:
-                record = json.dumps(doc, default=_json_default)[:10_000]
-                bad.append(QuarantinedRecord(f"{key}/{doc.get('_id')}", str(exc), record))
+        rows, bad, checksum = _chunk_rows(chunk, spec, key)
         dated = [d for d in chunk if isinstance(d.get("updated_at"), datetime)]
         mark = (
             json.dumps(
@@ -219,7 +233,7 @@ def ingest_collection(
                         object_version=mark,
                         status="loaded",
                         row_count=written,
-                        checksum=f"docs={len(chunk)}",
+                        checksum=checksum,
                     ),
                 )
         report.add_rows(spec.table, written)
@@ -230,4 +244,98 @@ def ingest_collection(
                 + (f", {len(bad)} quarantined" if bad else "")
             )
     report.objects_loaded += 1
+    return report
+
+
+def backfill_collection(
+    warehouse: Warehouse,
+    db: Any,
+    spec: CollectionSpec,
+    *,
+    start: datetime,
+    end: datetime,
+    batch_id: str,
+    chunk_size: int = 20_000,
+    progress: Callable[[str], None] | None = None,
+) -> LoadReport:
+    """Re-extract the documents with ``start <= updated_at < end`` in one transaction.
+
+    Each document version found again (same ``_id`` and ``updated_at``) replaces the raw rows
+    that version loaded before (duplicates included). MongoDB keeps only the current version
+    of a document, so raw rows of versions it has since replaced cannot be re-extracted and
+    are kept. Documents beyond the collection's watermark are left to the next incremental
+    run (loading them here would load them twice)."""
+    ensure_bookkeeping(warehouse)
+    warehouse.create_table(spec.table, spec.schema)
+    key = f"mongo://{db.name}/{spec.collection}"
+    report = LoadReport(batch_id)
+    mark_at, mark_id = _watermark(warehouse, key)
+    if mark_at is None:
+        return report  # nothing loaded yet: the incremental run loads everything
+    scratch = f"{spec.table}__backfill_{batch_id.replace('-', '_').lower()}"
+    query = {"updated_at": {"$gte": start, "$lt": end}}
+    cursor = db[spec.collection].find(query).sort([("updated_at", 1), ("_id", 1)]).batch_size(5_000)
+
+    def eligible() -> Iterator[dict[str, Any]]:
+        for doc in cursor:
+            at = doc.get("updated_at")
+            if isinstance(at, datetime) and (at, str(doc["_id"])) > (mark_at, mark_id):
+                return  # sorted: the rest is beyond the watermark too
+            yield doc
+
+    columns = ", ".join(f.name for f in spec.schema)
+    written = quarantined = documents = 0
+    digest = hashlib.sha256()
+    target, source = qualified(spec.table), qualified(scratch)
+    warehouse.execute(f"drop table if exists {source}")
+    warehouse.create_table(scratch, spec.schema)
+    try:
+        with warehouse.transaction():
+            lock = getattr(warehouse, "advisory_lock", None)
+            if lock is not None:
+                lock(key)
+            for chunk in _chunks(eligible(), chunk_size):
+                rows, bad, checksum = _chunk_rows(chunk, spec, key)
+                digest.update(checksum.encode())
+                documents += len(chunk)
+                if rows:
+                    written += warehouse.append_arrow(scratch, to_arrow(rows, spec, batch_id))
+                if bad:
+                    warehouse.append_arrow(
+                        QUARANTINE_TABLE, quarantine_table(batch_id, "mongo", bad)
+                    )
+                    report.quarantined.extend(bad)
+                    quarantined += len(bad)
+            # the versions found again replace what they loaded before (duplicates included)
+            warehouse.execute(
+                f"delete from {target} as t where t.updated_at >= ? and t.updated_at < ? "
+                f"and exists (select 1 from {source} as s where s._id = t._id "
+                "and s.updated_at = t.updated_at)",
+                [start, end],
+            )
+            warehouse.execute(f"insert into {target} ({columns}) select {columns} from {source}")
+            window = json.dumps({"backfill": [start.isoformat(), end.isoformat()]})
+            warehouse.append_arrow(
+                LEDGER_TABLE,
+                ledger_row(
+                    batch_id=batch_id,
+                    source="mongo",
+                    target_table=spec.table,
+                    object_key=key,
+                    object_version=window,
+                    status="backfill",
+                    row_count=written,
+                    checksum=f"sha256:{digest.hexdigest()}",
+                ),
+            )
+    finally:
+        warehouse.execute(f"drop table if exists {source}")
+    report.objects_loaded += 1
+    report.add_rows(spec.table, written)
+    if progress:
+        progress(
+            f"backfill: {spec.collection} {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}: "
+            f"{documents} document versions re-extracted, {written} rows replace what they "
+            "loaded before" + (f", {quarantined} quarantined" if quarantined else "")
+        )
     return report

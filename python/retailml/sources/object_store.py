@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO, Protocol
 
+LIST_PAGE_SIZE = 1000  # S3's maximum keys per ListObjectsV2 page
+
+
+class ObjectChangedError(RuntimeError):
+    """The object no longer has the ETag it was asked for (re-uploaded or deleted)."""
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -29,14 +35,18 @@ class ObjectStore(Protocol):
         """Write an object, return its ETag."""
         ...
 
-    def get(self, key: str) -> bytes: ...
-
-    def open(self, key: str) -> BinaryIO:
-        """A streaming reader of the object's bytes."""
+    def get(self, key: str, *, if_match: str | None = None) -> bytes:
+        """The object's bytes; with ``if_match``, raise :class:`ObjectChangedError` unless
+        the object still has that ETag."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under ``prefix``, in key order, following pagination."""
+    def open(self, key: str, *, if_match: str | None = None) -> BinaryIO:
+        """A streaming reader of the object's bytes (``if_match`` as for :meth:`get`)."""
+        ...
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` (after key ``start_after``), in key order,
+        following pagination."""
         ...
 
     def delete(self, key: str) -> None: ...
@@ -45,9 +55,10 @@ class ObjectStore(Protocol):
 class S3ObjectStore:
     """:class:`ObjectStore` over boto3."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, *, page_size: int = LIST_PAGE_SIZE) -> None:
         self._client = client
         self.bucket = bucket
+        self.page_size = page_size
 
     @classmethod
     def connect(
@@ -88,15 +99,29 @@ class S3ObjectStore:
         response = self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
         return response["ETag"].strip('"')
 
-    def get(self, key: str) -> bytes:
-        return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+    def get(self, key: str, *, if_match: str | None = None) -> bytes:
+        return self.open(key, if_match=if_match).read()
 
-    def open(self, key: str) -> BinaryIO:
-        return self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+    def open(self, key: str, *, if_match: str | None = None) -> BinaryIO:
+        from botocore.exceptions import ClientError
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        extra = {"IfMatch": f'"{if_match}"'} if if_match else {}
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if if_match and code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise ObjectChangedError(
+                    f"s3://{self.bucket}/{key} changed since it was listed ({code})"
+                ) from exc
+            raise
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        options: dict[str, Any] = {"PaginationConfig": {"PageSize": self.page_size}}
+        if start_after:
+            options["StartAfter"] = start_after
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **options):
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     key=item["Key"],

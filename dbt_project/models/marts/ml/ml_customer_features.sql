@@ -1,43 +1,51 @@
+{{ config(pre_hook="{{ no_nested_loops() }}") }}
+
 with
 
-order_lines as (
+orders as (
 
-    select * from {{ ref('fct_order_lines') }}
-
-),
-
-products as (
-
-    select * from {{ ref('dim_products') }}
+    select * from {{ ref('fct_orders') }}
 
 ),
 
-customers as (
+customer_versions as (
 
     select * from {{ ref('dim_customers') }}
     where customer_sk > 0
 
 ),
 
-customer_lines as (
+customer_categories as (
 
-    {{ customer_product_lines('order_lines', 'products') }}
+    select * from {{ ref('int_customer_categories_daily') }}
+
+),
+
+dates as (
+
+    select * from {{ ref('dim_date') }}
+
+),
+
+customer_orders as (
+
+    {{ customer_orders('orders') }}
 
 ),
 
 customers_with_orders as (
 
     select distinct customer_id
-    from customer_lines
-    where not is_return
+    from customer_orders
+    where is_purchase
 
 ),
 
 data_range as (
 
     -- Features are as of the day after the latest order date: every loaded day counts.
-    select {{ add_days('max(order_date)', 1) }} as as_of_date
-    from order_lines
+    select {{ add_days('max(date_day)', 1) }} as as_of_date
+    from dates
 
 ),
 
@@ -54,7 +62,7 @@ spine as (
 
 features as (
 
-    {{ customer_features('spine', 'customer_lines', 'customers') }}
+    {{ customer_features('spine', 'customer_orders', 'customer_categories', 'customer_versions') }}
 
 ),
 

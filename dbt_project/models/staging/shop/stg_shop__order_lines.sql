@@ -33,10 +33,13 @@ renamed as (
 ranked as (
 
     -- A line exported twice (an exact duplicate, or a re-export) keeps its latest copy.
+    -- order_date is part of the key so that the incremental facts' filter on order_date
+    -- reaches the raw table's scan; copies that disagree on the day both stay and fail the
+    -- unique test on order_line_id.
     select
         *,
         row_number() over (
-            partition by order_id, line_number
+            partition by order_id, line_number, order_date
             order by exported_at desc, extracted_at desc, source_object desc
         ) as copy_rank
     from renamed
