@@ -607,3 +607,36 @@ def test_an_object_changed_after_listing_waits_for_the_next_run(env: Settings) -
     etag = warehouse.scalar(f"select max(_source_etag) from {LINEAGE}")
     assert etag == next(iter(objects.list("orders/"))).etag
     warehouse.close()
+
+
+def test_mongo_watermark_breaks_ties_on_id_across_chunks(env: Settings) -> None:
+    from retailml.ingest.ledger import new_batch_id
+    from retailml.ingest.mongo_docs import COLLECTIONS, ingest_collection
+
+    customers = next(spec for spec in COLLECTIONS if spec.collection == "customers")
+    db = runtime.open_mongo(env)
+    same = "2025-03-01 08:00:00"  # one updated_at shared by every document
+    db.customers.insert_many([_customer(f"C000000{i}", same) for i in (1, 2, 3, 4, 5)])
+    warehouse = runtime.open_warehouse(env)
+
+    def load() -> int:
+        return ingest_collection(
+            warehouse, db, customers, batch_id=new_batch_id(), chunk_size=2
+        ).rows_loaded
+
+    assert load() == 5  # three chunks; two watermarks fall inside the tie
+    marks = warehouse.query_arrow(
+        "select object_version from raw._load_ledger order by loaded_at, load_id"
+    ).to_pylist()
+    assert [json.loads(m["object_version"])["_id"] for m in marks] == [
+        "C0000002",
+        "C0000004",
+        "C0000005",
+    ]
+    assert load() == 0
+    db.customers.insert_one(_customer("C0000006", same))  # same instant, a later _id
+    assert load() == 1
+    ids = warehouse.query_arrow("select _id from raw.customers order by _id").to_pylist()
+    assert [r["_id"] for r in ids] == [f"C000000{i}" for i in range(1, 7)]
+    _assert_every_row_has_its_ledger_row(warehouse)
+    warehouse.close()
