@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
 export PREFECT_HOME ?= $(CURDIR)/.retailml/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
@@ -17,6 +18,11 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# benchmark-only peers (dlt, ADBC): not needed by `make install`, `make test` or CI
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-bench.txt
+	@touch $(BENCH_STAMP)
 
 ## make demo: simulate a year of a small shop, run the whole pipeline, serve the API
 demo: install
@@ -44,7 +50,7 @@ integration: install
 e2e: install
 	$(BIN)/pytest tests/e2e
 
-bench: install
+bench: $(BENCH_STAMP)
 	@set -e; for b in $(wildcard benchmarks/*.py); do echo "== $$b"; $(BIN)/python $$b; done
 
 clean:

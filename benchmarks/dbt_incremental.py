@@ -67,6 +67,7 @@ METADATA_COLUMNS = {
     "_batch_id": "varchar",
     "_source_object": "varchar",
     "_source_etag": "varchar",
+    "_load_id": "bigint",  # what staging reads (the real loader writes only it and _extracted_at)
     "_extracted_at": "timestamptz",
 }
 DOCUMENT_FIELDS = {
@@ -226,7 +227,8 @@ def load_duckdb(
         )
         metadata = (
             f"'{batch}' as _batch_id, 's3://bench/' || {{key}} as _source_object, "
-            f"md5({{key}}) as _source_etag, cast('{now.isoformat()}' as timestamptz) as _extracted_at"
+            f"md5({{key}}) as _source_etag, cast(hash('{batch}' || {{key}}) >> 1 as bigint) as _load_id, "
+            f"cast('{now.isoformat()}' as timestamptz) as _extracted_at"
         )
         parquet = [str(objects / k) for k in keys if k.endswith(".parquet")]
         jsonl = [str(objects / k) for k in keys if k.endswith(".jsonl.gz")]

@@ -71,6 +71,27 @@ def env(request: pytest.FixtureRequest, settings: Settings) -> Settings:
     return settings
 
 
+# every raw order line with the lineage its ledger row holds (raw rows carry _load_id only)
+LINEAGE = (
+    "(select lines.*, ledger.batch_id as _batch_id, ledger.object_key as _source_object, "
+    "ledger.object_version as _source_etag from raw.order_lines as lines "
+    "join raw._load_ledger as ledger on ledger.load_id = lines._load_id) as lineage"
+)
+
+
+def _assert_every_row_has_its_ledger_row(warehouse) -> None:
+    for table in ("raw.order_lines", "raw.customers", "raw.products"):
+        if not warehouse.table_exists(table):
+            continue
+        orphans = warehouse.scalar(
+            f"select count(*) from {table} as r where r._extracted_at is null or not exists "
+            "(select 1 from raw._load_ledger as l where l.load_id = r._load_id "
+            "and l.target_table = ? and l.status in ('loaded', 'backfill'))",
+            [table],
+        )
+        assert orphans == 0, f"{orphans} rows of {table} lead to no ledger row"
+
+
 def _run(settings: Settings):
     warehouse = runtime.open_warehouse(settings)
     objects = runtime.open_object_store(settings, create_bucket=True)
@@ -89,12 +110,16 @@ def test_incremental_exactly_once_and_reupload(env: Settings) -> None:
     assert report.by_table == {"raw.order_lines": 5, "raw.customers": 1}
     assert not report.quarantined
     row = warehouse.query_arrow(
-        "select order_id, quantity, ordered_at, _source_object from raw.order_lines "
-        "where order_id = 'O2' order by line_number"
+        f"select order_id, quantity, ordered_at, _source_object, _source_etag, _batch_id "
+        f"from {LINEAGE} where order_id = 'O2' order by line_number"
     ).to_pylist()
     assert [r["quantity"] for r in row] == [1, 2]
     assert row[0]["ordered_at"] == datetime(2025, 3, 1, 10, 0)
     assert row[0]["_source_object"].endswith("part-0001.jsonl.gz")
+    listed = {i.key: i.etag for i in objects.list("orders/")}
+    assert row[0]["_source_etag"] == listed["orders/dt=2025-03-01/part-0001.jsonl.gz"]
+    assert row[0]["_batch_id"] == report.batch_id
+    _assert_every_row_has_its_ledger_row(warehouse)
     warehouse.close()
 
     # second run: nothing new
@@ -124,6 +149,7 @@ def test_incremental_exactly_once_and_reupload(env: Settings) -> None:
         {"loyalty_tier": "bronze", "marketing_opt_in": True},
         {"loyalty_tier": "gold", "marketing_opt_in": True},
     ]
+    _assert_every_row_has_its_ledger_row(warehouse)
     warehouse.close()
 
 
@@ -191,7 +217,7 @@ def _csv(rows: list[dict[str, object]], extra_lines: list[str] = ()) -> bytes:
     return ("\n".join([header, *lines, *extra_lines]) + "\n").encode()
 
 
-def _fingerprint(warehouse, table: str = "raw.order_lines") -> tuple[int, str]:
+def _fingerprint(warehouse, table: str = LINEAGE) -> tuple[int, str]:
     """Row count and a content checksum of the data columns (order-independent)."""
     import hashlib
 
@@ -244,7 +270,7 @@ def test_listing_follows_pages(env: Settings) -> None:
     report = ingest_all(warehouse, store, runtime.open_mongo(env), prefix=env.s3_prefix)
     assert pages == [10, 10, 5]
     assert report.objects_loaded == 25 + 2  # objects + the two Mongo collections
-    assert warehouse.scalar("select count(distinct _source_object) from raw.order_lines") == 25
+    assert warehouse.scalar(f"select count(distinct _source_object) from {LINEAGE}") == 25
     assert warehouse.scalar("select count(*) from raw.order_lines") == 50
     warehouse.close()
 
@@ -402,10 +428,11 @@ def test_parallel_workers_load_each_object_once(pg_settings: Settings) -> None:
     )
     assert report.objects_loaded == 13 and report.rows_loaded == sum(range(1, 13)) + 2
     counts = warehouse.query_arrow(
-        "select _source_object, count(*) as n, count(gift_wrap) as gifts from raw.order_lines "
+        f"select _source_object, count(*) as n, count(gift_wrap) as gifts from {LINEAGE} "
         "group by _source_object"
     ).to_pylist()
     assert len(counts) == 13
+    _assert_every_row_has_its_ledger_row(warehouse)
     assert sum(r["gifts"] for r in counts) == 2
     assert warehouse.scalar("select count(*) from raw._load_ledger where source = 's3'") == 13
     warehouse.close()
@@ -439,7 +466,7 @@ def test_backfill_replaces_exactly_what_the_range_loaded(env: Settings) -> None:
     objects.put("orders/dt=2025-03-03/part-0001.parquet", _parquet(_lines("X3", 1, "2025-03-03")))
     report, warehouse = _run(env)
     outside_before = warehouse.query_arrow(
-        "select order_id, _batch_id from raw.order_lines where order_id in ('O1', 'O4') "
+        f"select order_id, _batch_id, _load_id from {LINEAGE} where order_id in ('O1', 'O4') "
         "order by order_id, line_number"
     ).to_pylist()
     # simulate a bad earlier load: rows doubled for day 2 (what a backfill must repair)
@@ -461,17 +488,18 @@ def test_backfill_replaces_exactly_what_the_range_loaded(env: Settings) -> None:
     assert counts == {"O1": 2, "O2": 2, "O3": 2, "N3": 2, "O4": 2}
     assert (
         warehouse.query_arrow(
-            "select order_id, _batch_id from raw.order_lines where order_id in ('O1', 'O4') "
-            "order by order_id, line_number"
+            f"select order_id, _batch_id, _load_id from {LINEAGE} "
+            "where order_id in ('O1', 'O4') order by order_id, line_number"
         ).to_pylist()
         == outside_before
     )
     batches = {
         r["order_id"]: r["_batch_id"]
         for r in warehouse.query_arrow(
-            "select distinct order_id, _batch_id from raw.order_lines"
+            f"select distinct order_id, _batch_id from {LINEAGE}"
         ).to_pylist()
     }
+    _assert_every_row_has_its_ledger_row(warehouse)
     assert batches["O2"] == batches["O3"] == batches["N3"] == report.batch_id
     removed = warehouse.query_arrow(
         "select object_key from raw._load_ledger where status = 'removed'"
@@ -519,6 +547,7 @@ def test_backfill_of_a_mongo_window(env: Settings) -> None:
     ]
     assert rows[1]["_batch_id"] == rows[2]["_batch_id"] == report.batch_id
     assert rows[0]["_batch_id"] != report.batch_id
+    _assert_every_row_has_its_ledger_row(warehouse)
     backfills = warehouse.scalar(
         "select count(*) from raw._load_ledger where status = 'backfill' and object_key like ?",
         ["mongo://%/customers"],
@@ -575,6 +604,39 @@ def test_an_object_changed_after_listing_waits_for_the_next_run(env: Settings) -
     assert warehouse.scalar("select count(*) from raw._load_ledger") == 0
     report = ingest_s3_orders(warehouse, objects, prefix="orders/", batch_id=new_batch_id())
     assert report.rows_loaded == 4
-    etag = warehouse.scalar("select max(_source_etag) from raw.order_lines")
+    etag = warehouse.scalar(f"select max(_source_etag) from {LINEAGE}")
     assert etag == next(iter(objects.list("orders/"))).etag
+    warehouse.close()
+
+
+def test_mongo_watermark_breaks_ties_on_id_across_chunks(env: Settings) -> None:
+    from retailml.ingest.ledger import new_batch_id
+    from retailml.ingest.mongo_docs import COLLECTIONS, ingest_collection
+
+    customers = next(spec for spec in COLLECTIONS if spec.collection == "customers")
+    db = runtime.open_mongo(env)
+    same = "2025-03-01 08:00:00"  # one updated_at shared by every document
+    db.customers.insert_many([_customer(f"C000000{i}", same) for i in (1, 2, 3, 4, 5)])
+    warehouse = runtime.open_warehouse(env)
+
+    def load() -> int:
+        return ingest_collection(
+            warehouse, db, customers, batch_id=new_batch_id(), chunk_size=2
+        ).rows_loaded
+
+    assert load() == 5  # three chunks; two watermarks fall inside the tie
+    marks = warehouse.query_arrow(
+        "select object_version from raw._load_ledger order by loaded_at, load_id"
+    ).to_pylist()
+    assert [json.loads(m["object_version"])["_id"] for m in marks] == [
+        "C0000002",
+        "C0000004",
+        "C0000005",
+    ]
+    assert load() == 0
+    db.customers.insert_one(_customer("C0000006", same))  # same instant, a later _id
+    assert load() == 1
+    ids = warehouse.query_arrow("select _id from raw.customers order by _id").to_pylist()
+    assert [r["_id"] for r in ids] == [f"C000000{i}" for i in range(1, 7)]
+    _assert_every_row_has_its_ledger_row(warehouse)
     warehouse.close()

@@ -245,8 +245,15 @@ def test_s3_and_mongo_into_bigquery_through_load_jobs(
     assert fake.loads and all(fmt == "PARQUET" for _, fmt in fake.loads)
     assert all("_retailml_staging" in destination for destination, _ in fake.loads)
     scripts = [q for q in fake.queries if q.startswith("BEGIN TRANSACTION;")]
-    assert len(scripts) == 3  # one per S3 object, one per Mongo chunk
+    assert len(scripts) == 2  # one per group of S3 objects, one per Mongo chunk
     assert all("INSERT INTO `raw._load_ledger`" in s for s in scripts)
+    statuses = warehouse.query_arrow(
+        "select object_key, status, load_id from raw._load_ledger where source = 's3' "
+        "order by object_key"
+    ).to_pylist()
+    assert [r["status"] for r in statuses] == ["loaded", "quarantined"]
+    assert warehouse.scalar("select count(distinct _load_id) from raw.order_lines") == 1
+    assert warehouse.scalar("select max(_load_id) from raw.order_lines") == statuses[0]["load_id"]
     rows = warehouse.query_arrow(
         "select order_id, quantity, ordered_at from raw.order_lines order by quantity"
     ).to_pylist()

@@ -101,14 +101,21 @@ def _ledger(warehouse: DuckDBWarehouse) -> None:
     ]
     table = pa.Table.from_pylist(
         [
-            dict(zip(LEDGER_SCHEMA.names[:-2], r[:-1], strict=True))
+            {"load_id": 101 + i}
+            | dict(zip(LEDGER_SCHEMA.names[1:-2], r[:-1], strict=True))
             | {"checksum": "x", "loaded_at": T0 + timedelta(hours=r[-1])}
-            for r in rows
+            for i, r in enumerate(rows)
         ],
         schema=LEDGER_SCHEMA,
     )
     warehouse.create_table(LEDGER_TABLE, LEDGER_SCHEMA)
     warehouse.append_arrow(LEDGER_TABLE, table)
+    # raw rows carry their load's id: 11 lines of A's second version (load 106), 7 of C's
+    warehouse.execute("create schema if not exists raw")
+    warehouse.execute(
+        "create table raw.order_lines as select 'O' || i as order_id, "
+        "case when i < 11 then 106 else 112 end as _load_id from range(18) as t(i)"
+    )
 
 
 def test_manifest_lineage_walks_every_upstream_node(manifest: Path) -> None:
@@ -202,6 +209,14 @@ def test_a_prediction_walks_back_to_dbt_models_and_raw_batches(
         {"batch_id": "b2", "status": "backfill"},
         {"batch_id": "b2", "status": "loaded"},
     ]
+    # ... down to the raw rows: those the training batches' loads wrote (not C's: after)
+    lines = warehouse.query_arrow(
+        f"select b.object_key, b.object_version, count(*) as n from mlops.churn_scores s "
+        f"join {TRAINING_BATCHES_TABLE} b "
+        f"on b.model_name = s.model_name and b.model_version = s.model_version "
+        f"join raw.order_lines o on o._load_id = b.load_id group by 1, 2"
+    ).to_pylist()
+    assert lines == [{"object_key": "s3://l/a", "object_version": "etag2", "n": 11}]
 
     manifest.write_text(manifest.read_text().replace("order_lines", "order_lines_v2"))
     [later] = trace_prediction(

@@ -233,10 +233,19 @@ def test_parquet_round_trip() -> None:
 def test_metadata_columns_are_constant_per_object() -> None:
     batch = conform_batch(pa.table({"order_id": ["O1", "O2"]}), TARGET, contract=CONTRACT).batch
     at = datetime(2025, 3, 2, 4, 0).astimezone()
-    out = with_metadata(batch, batch_id="b1", uri="s3://b/k", etag="e", extracted_at=at)
-    assert out.column("_source_object").to_pylist() == ["s3://b/k", "s3://b/k"]
-    assert pa.types.is_dictionary(out.schema.field("_batch_id").type)
+    out = with_metadata(batch, load_id=42, extracted_at=at)
+    assert out.column("_load_id").to_pylist() == [42, 42]
+    assert pa.types.is_dictionary(out.schema.field("_load_id").type)
     assert out.column("_extracted_at").to_pylist()[0] == at
+    assert out.schema.names[-3:] == ["_raw_text", "_load_id", "_extracted_at"]
+
+
+def test_load_ids_increase_and_differ() -> None:
+    from retailml.ingest.ledger import new_load_id
+
+    ids = [new_load_id() for _ in range(10_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert 0 < ids[0] < 2**63 - 1
 
 
 def _customer(**overrides: object) -> dict[str, object]:
@@ -258,9 +267,10 @@ def test_document_row_keeps_the_whole_document_as_json() -> None:
     row = document_row(_customer(), CUSTOMERS)
     assert row["marketing_opt_in"] is False
     assert '"first": "A"' in row["_document"]
-    table = to_arrow([row], CUSTOMERS, "b1")
+    table = to_arrow([row], CUSTOMERS, "b1", 7)
     assert table.schema.field("_document").type.extension_name == "arrow.json"
     assert table.column("_batch_id").to_pylist() == ["b1"]
+    assert table.column("_load_id").to_pylist() == [7]
 
 
 @pytest.mark.parametrize(

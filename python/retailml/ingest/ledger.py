@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +19,9 @@ DRIFT_TABLE = "raw._schema_drift"
 
 LEDGER_SCHEMA = pa.schema(
     [
+        # the load (one object, or one Mongo chunk): raw rows carry it as ``_load_id``, the
+        # compact link from a raw row to its batch, source object/watermark and ETag
+        ("load_id", pa.int64()),
         ("batch_id", pa.string()),
         ("source", pa.string()),  # 's3' or 'mongo'
         ("target_table", pa.string()),
@@ -65,18 +71,48 @@ def new_batch_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
+_EPOCH_US = 1_577_836_800_000_000  # 2020-01-01 in microseconds since 1970-01-01
+_RANDOM_BITS = 12
+_last_load_id = 0
+_load_id_lock = threading.Lock()
+
+
+def new_load_id() -> int:
+    """A new ``load_id``: microseconds since 2020 (51 bits, until 2091) then 12 random bits.
+
+    Made by the client, so every warehouse (BigQuery has no sequences) gets it the same way;
+    increasing within a process, ordered by time across processes, and two runs collide only
+    if they draw the same 12 bits in the same microsecond."""
+    global _last_load_id
+    value = ((time.time_ns() // 1000 - _EPOCH_US) << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS)
+    with _load_id_lock:
+        value = max(value, _last_load_id + 1)
+        _last_load_id = value
+    return value
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def ensure_table(warehouse: Warehouse, table: str, schema: pa.Schema) -> None:
+    """Create ``table``, or add the columns of ``schema`` that an older version lacks."""
+    warehouse.create_table(table, schema)
+    existing = warehouse.columns(table)
+    missing = [f for f in schema if f.name not in existing]
+    if missing:
+        warehouse.add_columns(table, pa.schema(missing))
+
+
 def ensure_bookkeeping(warehouse: Warehouse) -> None:
-    warehouse.create_table(LEDGER_TABLE, LEDGER_SCHEMA)
+    ensure_table(warehouse, LEDGER_TABLE, LEDGER_SCHEMA)
     warehouse.create_table(QUARANTINE_TABLE, QUARANTINE_SCHEMA)
     warehouse.create_table(DRIFT_TABLE, DRIFT_SCHEMA)
 
 
 def ledger_row(
     *,
+    load_id: int | None = None,
     batch_id: str,
     source: str,
     target_table: str,
@@ -86,9 +122,10 @@ def ledger_row(
     row_count: int,
     checksum: str,
 ) -> pa.Table:
-    return pa.Table.from_pylist(
+    return ledger_rows(
         [
             {
+                "load_id": new_load_id() if load_id is None else load_id,
                 "batch_id": batch_id,
                 "source": source,
                 "target_table": target_table,
@@ -97,11 +134,15 @@ def ledger_row(
                 "status": status,
                 "row_count": row_count,
                 "checksum": checksum,
-                "loaded_at": utcnow(),
             }
-        ],
-        schema=LEDGER_SCHEMA,
+        ]
     )
+
+
+def ledger_rows(rows: list[dict[str, object]]) -> pa.Table:
+    """Ledger rows (``loaded_at`` now) from dicts with the other columns."""
+    now = utcnow()
+    return pa.Table.from_pylist([{**r, "loaded_at": now} for r in rows], schema=LEDGER_SCHEMA)
 
 
 @dataclass(frozen=True)

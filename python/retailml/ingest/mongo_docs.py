@@ -26,7 +26,9 @@ from .ledger import (
     LoadReport,
     QuarantinedRecord,
     ensure_bookkeeping,
+    ensure_table,
     ledger_row,
+    new_load_id,
     quarantine_table,
     utcnow,
 )
@@ -49,6 +51,7 @@ class CollectionSpec:
                 *list(self.fields),
                 ("_document", JSON_TYPE),
                 ("_batch_id", pa.string()),
+                ("_load_id", pa.int64()),  # the chunk's raw._load_ledger row
                 ("_extracted_at", pa.timestamp("us", tz="UTC")),
             ]
         )
@@ -123,10 +126,13 @@ def document_row(doc: dict[str, Any], spec: CollectionSpec) -> dict[str, Any]:
     return row
 
 
-def to_arrow(rows: list[dict[str, Any]], spec: CollectionSpec, batch_id: str) -> pa.Table:
+def to_arrow(
+    rows: list[dict[str, Any]], spec: CollectionSpec, batch_id: str, load_id: int
+) -> pa.Table:
     extracted_at = utcnow()
     for row in rows:
         row["_batch_id"] = batch_id
+        row["_load_id"] = load_id
         row["_extracted_at"] = extracted_at
     storage_schema = pa.schema(
         pa.field(f.name, f.type.storage_type if f.type == JSON_TYPE else f.type)
@@ -202,7 +208,7 @@ def ingest_collection(
 ) -> LoadReport:
     """Load the documents changed since the collection's watermark."""
     ensure_bookkeeping(warehouse)
-    warehouse.create_table(spec.table, spec.schema)
+    ensure_table(warehouse, spec.table, spec.schema)
     key = f"mongo://{db.name}/{spec.collection}"
     report = LoadReport(batch_id)
     since, after_id = _watermark(warehouse, key)
@@ -216,9 +222,12 @@ def ingest_collection(
             if dated
             else None
         )
+        load_id = new_load_id()
         with warehouse.transaction():
             written = (
-                warehouse.append_arrow(spec.table, to_arrow(rows, spec, batch_id)) if rows else 0
+                warehouse.append_arrow(spec.table, to_arrow(rows, spec, batch_id, load_id))
+                if rows
+                else 0
             )
             if bad:
                 warehouse.append_arrow(QUARANTINE_TABLE, quarantine_table(batch_id, "mongo", bad))
@@ -226,6 +235,7 @@ def ingest_collection(
                 warehouse.append_arrow(
                     LEDGER_TABLE,
                     ledger_row(
+                        load_id=load_id,
                         batch_id=batch_id,
                         source="mongo",
                         target_table=spec.table,
@@ -266,7 +276,7 @@ def backfill_collection(
     are kept. Documents beyond the collection's watermark are left to the next incremental
     run (loading them here would load them twice)."""
     ensure_bookkeeping(warehouse)
-    warehouse.create_table(spec.table, spec.schema)
+    ensure_table(warehouse, spec.table, spec.schema)
     key = f"mongo://{db.name}/{spec.collection}"
     report = LoadReport(batch_id)
     mark_at, mark_id = _watermark(warehouse, key)
@@ -284,6 +294,7 @@ def backfill_collection(
             yield doc
 
     columns = ", ".join(f.name for f in spec.schema)
+    load_id = new_load_id()  # the window's ledger row
     written = quarantined = documents = 0
     digest = hashlib.sha256()
     target, source = qualified(spec.table), qualified(scratch)
@@ -299,7 +310,9 @@ def backfill_collection(
                 digest.update(checksum.encode())
                 documents += len(chunk)
                 if rows:
-                    written += warehouse.append_arrow(scratch, to_arrow(rows, spec, batch_id))
+                    written += warehouse.append_arrow(
+                        scratch, to_arrow(rows, spec, batch_id, load_id)
+                    )
                 if bad:
                     warehouse.append_arrow(
                         QUARANTINE_TABLE, quarantine_table(batch_id, "mongo", bad)
@@ -318,6 +331,7 @@ def backfill_collection(
             warehouse.append_arrow(
                 LEDGER_TABLE,
                 ledger_row(
+                    load_id=load_id,
                     batch_id=batch_id,
                     source="mongo",
                     target_table=spec.table,

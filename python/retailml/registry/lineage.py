@@ -9,7 +9,9 @@ At training time (:func:`training_lineage`) the trainer records
 * in ``mlops.model_training_batches`` (:func:`record_training_batches`): one row per load
   ledger entry (``raw._load_ledger``) whose rows were in those raw tables when dbt built the
   marts (loaded before the manifest was generated; see :func:`raw_batches` for which
-  entries still have rows). BI can join it with the ledger, the registry and the scores.
+  entries still have rows). BI can join it with the ledger, the registry and the scores;
+  its ``load_id`` is the ``_load_id`` of the raw rows that load wrote (batch id, source
+  object or watermark and ETag are on the same row; ``_extracted_at`` is on the raw rows).
 
 :func:`trace_prediction` walks the chain back from any table with ``model_name`` and
 ``model_version`` columns (``mlops.churn_scores``, ``mlops.demand_forecasts``,
@@ -37,6 +39,8 @@ TRAINING_BATCHES_SCHEMA = pa.schema(
     [
         ("model_name", pa.string()),
         ("model_version", pa.int64()),
+        # the load: raw rows whose ``_load_id`` is this are the rows it wrote
+        ("load_id", pa.int64()),
         ("batch_id", pa.string()),
         ("source", pa.string()),
         ("target_table", pa.string()),
@@ -123,6 +127,9 @@ def raw_batches(
     if not warehouse.table_exists(LEDGER_TABLE):
         return schema.empty_table()
     cols = ", ".join(quote_ident(c) for c in _LEDGER_COLUMNS)
+    ledger = LEDGER_TABLE
+    if "load_id" not in warehouse.columns(LEDGER_TABLE):  # written by an older loader
+        ledger = f"(select cast(null as bigint) as load_id, * from {LEDGER_TABLE}) as ledger"
     where: list[str] = ["1 = 1"]
     params: list[Any] = []
     if raw_tables:
@@ -134,7 +141,7 @@ def raw_batches(
     sql = (
         f"select {cols} from (select {cols}, status, row_number() over ("
         "partition by target_table, object_key order by loaded_at desc, batch_id desc) as rn "
-        f"from {LEDGER_TABLE} where {' and '.join(where)}) as ranked "
+        f"from {ledger} where {' and '.join(where)}) as ranked "
         "where (source = 's3' and rn = 1 and status = 'loaded') "
         "or (source <> 's3' and status in ('loaded', 'backfill')) order by loaded_at, object_key"
     )
@@ -190,6 +197,10 @@ def record_training_batches(
 ) -> int:
     """Write a version's ledger rows to ``mlops.model_training_batches`` (replacing any)."""
     warehouse.create_table(TRAINING_BATCHES_TABLE, TRAINING_BATCHES_SCHEMA)
+    existing = warehouse.columns(TRAINING_BATCHES_TABLE)
+    missing = [f for f in TRAINING_BATCHES_SCHEMA if f.name not in existing]
+    if missing:  # a table from before load ids
+        warehouse.add_columns(TRAINING_BATCHES_TABLE, pa.schema(missing))
     n = batches.num_rows
     table = pa.Table.from_arrays(
         [pa.array([model_name] * n, pa.string()), pa.array([model_version] * n, pa.int64())]

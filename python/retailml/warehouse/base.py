@@ -4,8 +4,8 @@ Implementations: :mod:`.duckdb` (embedded default), :mod:`.postgres` (production
 :mod:`.bigquery` (scale-out). SQL passed in uses ``?`` placeholders and plain ANSI SQL that
 all of them accept; table names are ``schema.table``.
 
-Optional capabilities, looked up with ``getattr`` by the loaders: ``advisory_lock(key)``
-(hold a lock on ``key`` until the transaction ends, so concurrent runs serialise on one
+Optional capabilities, looked up with ``getattr`` by the loaders: ``advisory_lock(*keys)``
+(hold a lock on each key until the transaction ends, so concurrent runs serialise on one
 object; PostgreSQL) and ``fork()`` (another connection to the same warehouse, to load
 several objects at once; PostgreSQL).
 """

@@ -186,9 +186,17 @@ class PostgresWarehouse:
                     self._in_tx = False
                     self._copy_types.clear()
 
-    def advisory_lock(self, key: str) -> None:
-        """Hold a lock on ``key`` until the current transaction ends (concurrent loaders)."""
-        self.execute("select pg_advisory_xact_lock(hashtextextended(?, 0))", [key])
+    def advisory_lock(self, *keys: str) -> None:
+        """Hold a lock on each key until the current transaction ends (concurrent loaders),
+        taken in the order given, in one round trip."""
+        if len(keys) == 1:
+            self.execute("select pg_advisory_xact_lock(hashtextextended(?, 0))", [keys[0]])
+        elif keys:
+            self.execute(
+                "select count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
+                "from unnest(?::text[]) with ordinality as t(k, n)",
+                [list(keys)],
+            )
 
     # -- tables ---------------------------------------------------------------------
     def table_exists(self, table: str) -> bool:

@@ -22,9 +22,7 @@ renamed as (
         cast(ordered_at as date) as order_date,
         {{ naive_to_utc('ordered_at') }} as ordered_at,
         {{ naive_to_utc('exported_at') }} as exported_at,
-        _batch_id as batch_id,
-        _source_object as source_object,
-        _source_etag as source_etag,
+        _load_id as load_id,
         _extracted_at as extracted_at
     from source
 
@@ -40,7 +38,7 @@ ranked as (
         *,
         row_number() over (
             partition by order_id, line_number, order_date
-            order by exported_at desc, extracted_at desc, source_object desc
+            order by exported_at desc, extracted_at desc, load_id desc
         ) as copy_rank
     from renamed
 
@@ -64,9 +62,7 @@ final as (
         order_date,
         ordered_at,
         exported_at,
-        batch_id,
-        source_object,
-        source_etag,
+        load_id,
         extracted_at
     from ranked
     where copy_rank = 1
