@@ -45,6 +45,7 @@ e2e: install
 	$(BIN)/pytest tests/e2e
 
 bench: install
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	@set -e; for b in $(wildcard benchmarks/*.py); do echo "== $$b"; $(BIN)/python $$b; done
 
 clean:
