@@ -176,7 +176,9 @@ def _python_value(name: str, value: object) -> object:
 
 
 @pytest.mark.parametrize("batch_rows", [7, 1_000, 100_000])
-def test_random_nulls_match_psycopg(warehouse: PostgresWarehouse, dsn: str, batch_rows: int) -> None:
+def test_random_nulls_match_psycopg(
+    warehouse: PostgresWarehouse, dsn: str, batch_rows: int
+) -> None:
     """NULLs anywhere (inside runs of fixed-width fields, around strings): the decoder's
     window reads and its field-by-field walk of the rows with NULLs agree with psycopg."""
     warehouse.execute(RANDOM_ROWS % 5_000)
@@ -233,7 +235,7 @@ def test_parameters_are_bound_not_spliced(warehouse: PostgresWarehouse) -> None:
 
 def test_duplicate_names_and_server_side_text(warehouse: PostgresWarehouse) -> None:
     table = warehouse.query_arrow(
-        "select 1 as a, gen_random_uuid() as a, 2.5::numeric(4, 1) as a, 'x' as \"weird \"\"name\";"
+        'select 1 as a, gen_random_uuid() as a, 2.5::numeric(4, 1) as a, \'x\' as "weird ""name";'
     )
     assert table.column_names == ["a", "a", "a", 'weird "name']
     assert table.schema.types == [pa.int32(), pa.string(), pa.decimal128(4, 1), pa.string()]
@@ -241,11 +243,11 @@ def test_duplicate_names_and_server_side_text(warehouse: PostgresWarehouse) -> N
 
 
 def test_values_arrow_cannot_hold_are_named(warehouse: PostgresWarehouse) -> None:
-    with pytest.raises(WarehouseError, match="'d'.*infinity"):
+    with pytest.raises(WarehouseError, match=r"'d'.*infinity"):
         warehouse.query_arrow("select 'infinity'::date as d")
-    with pytest.raises(WarehouseError, match="'ts'.*infinity"):
+    with pytest.raises(WarehouseError, match=r"'ts'.*infinity"):
         warehouse.query_arrow("select '-infinity'::timestamptz as ts")
-    with pytest.raises(WarehouseError, match="'x'.*NaN"):
+    with pytest.raises(WarehouseError, match=r"'x'.*NaN"):
         warehouse.query_arrow("select 'NaN'::numeric(5, 2) as x")
     assert math.isnan(warehouse.query_arrow("select 'NaN'::numeric as x").column(0)[0].as_py())
     assert warehouse.scalar("select 1") == 1  # the connection is fine

@@ -172,7 +172,7 @@ def to_pyformat(sql: str) -> str:
 
 # -- receiving -----------------------------------------------------------------------------
 @dataclass
-class _Chunk:
+class Chunk:
     data: bytearray  # row messages back to back, then _PAD
     ends: list[int]  # end offset of each row message in data
     last: bool = False
@@ -180,7 +180,7 @@ class _Chunk:
 
 def _receive(
     pgconn: Any, encoding: str, chunk_rows: int, chunk_bytes: int, pad: int
-) -> Iterator[_Chunk]:
+) -> Iterator[Chunk]:
     """The rows of the COPY in progress on ``pgconn``, in chunks (each followed by ``pad``
     zero bytes); ends when the server has sent everything and the COPY's result is OK (else
     raises the server's error)."""
@@ -206,7 +206,7 @@ def _receive(
                 append(len(buf))
                 if len(ends) >= chunk_rows or len(buf) >= chunk_bytes:
                     buf += padding
-                    yield _Chunk(buf, ends)
+                    yield Chunk(buf, ends)
                     buf, ends = bytearray(), []
                     append = ends.append
                 continue
@@ -225,7 +225,7 @@ def _receive(
     if not trailer:
         raise WarehouseError("binary COPY stream ended without its trailer")
     buf += padding
-    yield _Chunk(buf, ends, last=True)
+    yield Chunk(buf, ends, last=True)
 
 
 def _skip_header(first: bytes) -> bytes:
@@ -288,7 +288,7 @@ class _Run:
         return self.record.itemsize
 
 
-def _plan(columns: Sequence[Column]) -> list[_Run | int]:
+def decode_plan(columns: Sequence[Column]) -> list[_Run | int]:
     """The decoding steps of a row: runs of fixed-width columns, and (an ``int``) the index
     of each variable-width column between them."""
     steps: list[_Run | int] = []
@@ -338,7 +338,7 @@ class _Views:
 
 
 def decode_chunk(
-    chunk: _Chunk, columns: Sequence[Column], schema: pa.Schema, plan: Sequence[_Run | int]
+    chunk: Chunk, columns: Sequence[Column], schema: pa.Schema, plan: Sequence[_Run | int]
 ) -> pa.RecordBatch:
     """One chunk of binary COPY rows as a record batch, each step vectorised over the rows."""
     n = len(chunk.ends)
@@ -351,26 +351,34 @@ def decode_chunk(
     pos[1:] = ends[:-1]
     arrays: list[pa.Array | None] = [None] * len(columns)
     length: np.ndarray | None = None  # of the variable-width column up next
-    try:
-        for step in plan:
-            if isinstance(step, _Run):
-                pos, length = _read_run(step, columns, views, pos, arrays)
-            else:
-                assert length is not None
-                null = None
-                if length.min() < 0:
-                    null = length < 0
-                    length = np.maximum(length, 0)
-                arrays[step] = _varlen(columns[step], views, pos, length, null)
-                pos = pos + length
-    except IndexError as exc:  # a length pointed outside the chunk
-        raise WarehouseError(f"binary COPY rows do not match their columns: {exc}") from exc
+    for step in plan:
+        # every step stays inside its rows (the padding covers a run's window past a row's
+        # end), so a wrong length fails here instead of reading past the chunk
+        if isinstance(step, _Run):
+            pos, length = _read_run(step, columns, views, pos, arrays)
+            if np.any(pos > ends):
+                raise _overrun(columns, step.columns[-1] if step.columns else None)
+            continue
+        assert length is not None
+        null = None
+        if length.min() < 0:
+            null = length < 0
+            length = np.maximum(length, 0)
+        if np.any(pos + length > ends):
+            raise _overrun(columns, step)
+        arrays[step] = _varlen(columns[step], views, pos, length, null)
+        pos = pos + length
     if np.any(pos != ends):
         raise WarehouseError(
             "binary COPY rows do not end where their fields do: the stream is not one row "
             "per message as expected"
         )
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _overrun(columns: Sequence[Column], index: int | None) -> WarehouseError:
+    where = f"column {columns[index].name!r}" if index is not None else "a row's field count"
+    return WarehouseError(f"binary COPY field runs past its row at {where}: a malformed stream")
 
 
 def _read_run(
@@ -557,11 +565,11 @@ def read_batches(
     statement = copy_sql(sql, columns)
     if params:
         statement = to_pyformat(statement)
-    plan = _plan(columns)
+    plan = decode_plan(columns)
     pad = max([_PAD] + [step.size for step in plan if isinstance(step, _Run)])
     encoding = con.pgconn.parameter_status(b"client_encoding") or b"?"
 
-    def decode(chunk: _Chunk) -> pa.RecordBatch:
+    def decode(chunk: Chunk) -> pa.RecordBatch:
         batch = decode_chunk(chunk, columns, schema, plan)
         if encoding not in (b"UTF8", b"UNICODE"):  # text arrives in the client encoding
             try:
