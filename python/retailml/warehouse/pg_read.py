@@ -195,11 +195,14 @@ def _receive(
             nbytes, data = get(1)
             if nbytes > 0:
                 if header:  # the signature, flags and extension area precede row 1
-                    data = _skip_header(bytes(data))
                     header = False
+                    data = _skip_header(bytes(data))
+                    if data == _TRAILER:  # no rows
+                        trailer = True
+                        continue
                     if not data:
                         continue
-                if len(data) == 2 and data == _TRAILER:
+                elif nbytes == 2 and data == _TRAILER:
                     trailer = True
                     continue
                 buf += data
