@@ -54,8 +54,11 @@ def _register(registry: ModelRegistry, auc: float, **metrics: Any) -> int:
         kind="sklearn",
         params={"C": 1.0},
         metrics={"roc_auc": auc, "holdout": HOLDOUT, **metrics},
-        fingerprint={"query": "select 1", "row_count": 200, "content_sha256": "abc"},
-    )
+        fingerprint={
+            "table": "marts.t", "query": "select 1", "row_count": 200, "content_sha256": "abc",
+            "dbt_manifest_sha256": "m1",
+        },
+    )  # fmt: skip
     return version.version
 
 
@@ -133,6 +136,18 @@ def test_register_get_load_round_trip(registry: ModelRegistry, warehouse: Wareho
     assert {"training_fingerprint", "alias_reason", "artifact_sha256"} <= columns
     with pytest.raises(ModelNotFoundError, match="v2 candidate"):
         registry.get("churn", "production")
+    # Every listed field is a column BI can query without JSON functions.
+    rows = warehouse.query_arrow(
+        f"select name, version, created_at, params, metrics, training_table, training_query, "
+        f"training_row_count, training_content_sha256, dbt_manifest_sha256, code_version, "
+        f"artifact_uri, artifact_sha256, alias from {REGISTRY_TABLE} "
+        "where training_row_count = ? order by version",
+        [200],
+    ).to_pylist()
+    assert [r["version"] for r in rows] == [1, 2]
+    assert rows[1]["training_query"] == "select 1" and rows[1]["training_table"] == "marts.t"
+    assert rows[1]["training_content_sha256"] == "abc" and rows[1]["dbt_manifest_sha256"] == "m1"
+    assert rows[1]["artifact_sha256"] == row.artifact_sha256 and rows[1]["alias"] == "candidate"
 
 
 def test_reads_create_nothing(registry: ModelRegistry, warehouse: Warehouse) -> None:
@@ -355,7 +370,8 @@ def test_a_registry_table_from_before_reports_is_upgraded(
     old = ModelRegistry(warehouse, LocalArtifactStore(tmp_path / "models"), code_version="t")
     warehouse.execute(
         f"insert into {REGISTRY_TABLE} values ('churn', 1, now(), 'sklearn', '{{}}', '{{}}', "
-        "'{}', 'old', 'file:///nowhere', 'x', 'archived', null)"
+        """'{"query": "select 0", "row_count": 7}', 'old', 'file:///nowhere', 'x', 'archived', """
+        "null)"
     )
     assert old.get("churn", 1).reports == {}
     fresh = ModelRegistry(warehouse, LocalArtifactStore(tmp_path / "models"), code_version="t")
@@ -366,6 +382,14 @@ def test_a_registry_table_from_before_reports_is_upgraded(
     assert "reports" in warehouse.columns(REGISTRY_TABLE)
     assert version.version == 2 and set(version.reports) == {"roc.png"}
     assert fresh.get("churn", 1).reports == {}
+    # the fingerprint columns were added and filled from the old row's JSON
+    backfilled = warehouse.query_arrow(
+        f"select training_query, training_row_count, training_content_sha256 "
+        f"from {REGISTRY_TABLE} where version = 1"
+    ).to_pylist()
+    assert backfilled == [
+        {"training_query": "select 0", "training_row_count": 7, "training_content_sha256": None}
+    ]
 
 
 # -- the fairness limit ------------------------------------------------------------------------

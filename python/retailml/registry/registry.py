@@ -48,6 +48,15 @@ Alias = Literal["candidate", "production", "archived"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _EXTENSIONS = {"sklearn": "skops", "statsmodels": "json"}
 _ENCRYPTED_SUFFIX = ".fernet"
+# The training fingerprint's headline fields, also as plain columns so BI and lineage queries
+# can filter and join on them without JSON functions (which differ between warehouses).
+_FINGERPRINT_COLUMNS = {
+    "training_table": ("table", "text"),
+    "training_query": ("query", "text"),
+    "training_row_count": ("row_count", "bigint"),
+    "training_content_sha256": ("content_sha256", "text"),
+    "dbt_manifest_sha256": ("dbt_manifest_sha256", "text"),
+}
 _COLUMNS = (
     "name",
     "version",
@@ -62,6 +71,7 @@ _COLUMNS = (
     "alias",
     "alias_reason",
     "reports",
+    *_FINGERPRINT_COLUMNS,
 )
 # Portable DDL (DuckDB and PostgreSQL): the primary key makes concurrent registrations of
 # the same version fail instead of silently duplicating it.
@@ -80,11 +90,16 @@ create table if not exists {REGISTRY_TABLE} (
     alias text not null,
     alias_reason text,
     reports text,
+    training_table text,
+    training_query text,
+    training_row_count bigint,
+    training_content_sha256 text,
+    dbt_manifest_sha256 text,
     primary key (name, version)
 )
 """
 # Columns added after the first release of the table (existing tables get them on first write).
-_ADDED_COLUMNS = {"reports": "text"}
+_ADDED_COLUMNS = {"reports": "text", **{c: t for c, (_, t) in _FINGERPRINT_COLUMNS.items()}}
 _REPORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\.png$")
 
 
@@ -237,7 +252,23 @@ class ModelRegistry:
                     self.warehouse.execute(
                         f"alter table {REGISTRY_TABLE} add column if not exists {column} {sql_type}"
                     )
+            if any(c not in present for c in _FINGERPRINT_COLUMNS):
+                self._backfill_fingerprint_columns()
             self._table_ready = True
+
+    def _backfill_fingerprint_columns(self) -> None:
+        """Fill the fingerprint columns of rows registered before they existed."""
+        rows = self.warehouse.query_arrow(
+            f"select name, version, training_fingerprint from {REGISTRY_TABLE}"
+        ).to_pylist()
+        assignments = ", ".join(f"{c} = ?" for c in _FINGERPRINT_COLUMNS)
+        with self.warehouse.transaction():
+            for row in rows:
+                values = _fingerprint_values(json.loads(row["training_fingerprint"] or "{}"))
+                self.warehouse.execute(
+                    f"update {REGISTRY_TABLE} set {assignments} where name = ? and version = ?",
+                    [*values, row["name"], row["version"]],
+                )
 
     def _rows(self, where: str, params: list[Any]) -> list[ModelVersion]:
         # Reads never create anything: read-only consumers (serving) can use the registry.
@@ -336,6 +367,7 @@ class ModelRegistry:
                             "candidate",
                             "registered",
                             to_json(stored_reports),
+                            *_fingerprint_values(fingerprint),
                         ],
                     )
             except Exception as exc:  # a concurrent register took this version: retry
@@ -537,6 +569,23 @@ class ModelRegistry:
             f"update {REGISTRY_TABLE} set alias_reason = ? where name = ? and version = ?",
             [reason, name, version],
         )
+
+
+def _fingerprint_values(fingerprint: Mapping[str, Any]) -> list[Any]:
+    """The values of the fingerprint columns (None where the fingerprint lacks the field)."""
+    values: list[Any] = []
+    for key, sql_type in _FINGERPRINT_COLUMNS.values():
+        value = fingerprint.get(key)
+        if sql_type == "bigint":
+            value = (
+                int(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else None
+            )
+        else:
+            value = None if value is None else str(value)
+        values.append(value)
+    return values
 
 
 def _check_name(name: str) -> None:

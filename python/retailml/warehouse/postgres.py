@@ -21,6 +21,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from . import pg_read
 from .base import Params, WarehouseError, qualified, quote_ident, split_name, sql_type
 from .pg_binary import COPY_SIGNATURE, COPY_TRAILER, binary_plan, encode_batch
 
@@ -30,29 +31,6 @@ _INSERT_ROWS = 20  # a few rows (ledger, quarantine): one INSERT, one round trip
 _QUEUE_CHUNKS = 6  # encoded chunks waiting for the connection (a few MB each)
 _MAX_CHUNK_BYTES = 1 << 30  # binary offsets are 32-bit: split bigger batches
 _CHUNK_ROWS = 8_192  # rows encoded per COPY data chunk
-
-# PostgreSQL type OIDs -> Arrow types for reading result sets.
-_OID_TO_ARROW: dict[int, pa.DataType] = {
-    16: pa.bool_(),
-    20: pa.int64(),
-    21: pa.int64(),
-    23: pa.int64(),
-    700: pa.float64(),
-    701: pa.float64(),
-    1700: pa.float64(),
-    25: pa.string(),
-    1043: pa.string(),
-    1042: pa.string(),
-    19: pa.string(),
-    114: pa.string(),
-    3802: pa.string(),
-    2950: pa.string(),
-    1082: pa.date32(),
-    1114: pa.timestamp("us"),
-    1184: pa.timestamp("us", tz="UTC"),
-    17: pa.binary(),
-}
-
 
 _POSTGRES_TYPES = {
     "json": "jsonb",
@@ -73,7 +51,7 @@ def postgres_type(arrow_type: pa.DataType) -> str:
 
 
 def _to_pg_placeholders(sql: str) -> str:
-    return sql.replace("%", "%%").replace("?", "%s")
+    return pg_read.to_pyformat(sql)
 
 
 def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -127,46 +105,20 @@ class PostgresWarehouse:
         with self._lock:
             self._con.execute(_to_pg_placeholders(sql) if params else sql, params)
 
-    def _arrow_schema(self, sql: str, params: Params) -> pa.Schema:
-        with self._lock, self._con.cursor() as cur:
-            cur.execute(
-                _to_pg_placeholders(f"select * from ({sql}) as q limit 0")
-                if params
-                else f"select * from ({sql}) as q limit 0",
-                params,
-            )
-            return pa.schema(
-                pa.field(col.name, _OID_TO_ARROW.get(col.type_code, pa.string()))
-                for col in cur.description or []
-            )
-
-    def _copy_out(self, sql: str, params: Params) -> Iterator[bytes]:
-        with self._lock, self._con.cursor() as cur:
-            statement = f"COPY ({sql}) TO STDOUT (FORMAT csv)"
-            if params:  # COPY takes no server-side parameters: psycopg binds them client-side
-                statement = _to_pg_placeholders(statement)
-            with cur.copy(statement, params) as copy:
-                yield from (bytes(chunk) for chunk in copy)
-
     def query_arrow(self, sql: str, params: Params = None) -> pa.Table:
-        schema = self._arrow_schema(sql, params)
-        data = b"".join(self._copy_out(sql, params))
-        return _read_csv(data, schema)
+        """The whole result as one table (binary COPY decoded to Arrow: :mod:`.pg_read`)."""
+        with self._lock:
+            columns = pg_read.describe(self._con, pg_read.strip_sql(sql), params)
+            batches = list(pg_read.read_batches(self._con, sql, params, columns=columns))
+        return pa.Table.from_batches(batches, schema=pg_read.arrow_schema(columns))
 
     def iter_arrow(
         self, sql: str, params: Params = None, batch_rows: int = 100_000
     ) -> Iterator[pa.RecordBatch]:
-        schema = self._arrow_schema(sql, params)
-        buffer = bytearray()
-        chunk_bytes = max(1 << 20, batch_rows * 64)
-        for chunk in self._copy_out(sql, params):
-            buffer += chunk
-            if len(buffer) >= chunk_bytes:
-                cut = buffer.rfind(b"\n") + 1
-                yield from _read_csv(bytes(buffer[:cut]), schema).to_batches(batch_rows)
-                del buffer[:cut]
-        if buffer:
-            yield from _read_csv(bytes(buffer), schema).to_batches(batch_rows)
+        """The result in record batches of at most ``batch_rows`` rows, a few in memory at a
+        time; the connection is busy until the iteration ends (or is closed)."""
+        with self._lock:
+            yield from pg_read.read_batches(self._con, sql, params, chunk_rows=batch_rows)
 
     def scalar(self, sql: str, params: Params = None) -> Any:
         with self._lock:
@@ -435,22 +387,6 @@ class _Producer:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _read_csv(data: bytes, schema: pa.Schema) -> pa.Table:
-    if not data:
-        return schema.empty_table()
-    return pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=pacsv.ReadOptions(column_names=schema.names),
-        convert_options=pacsv.ConvertOptions(
-            column_types=schema,
-            true_values=["t"],
-            false_values=["f"],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    )
 
 
 def conninfo(settings: Any, database: str | None = None) -> str:
