@@ -107,7 +107,11 @@ def plan_scoring_task(settings: Settings, partitions: int) -> Any:
 
 @io_task
 def score_partition_task(settings: Settings, plan: Any, index: int) -> Any:
-    return pipeline.score_one_partition(settings, plan, index)
+    result = pipeline.score_one_partition(settings, plan, index)
+    get_run_logger().info(
+        f"partition {index} {plan.bounds[index]}: {result.rows} customers scored on {result.worker}"
+    )
+    return result
 
 
 @io_task

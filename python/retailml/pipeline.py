@@ -206,7 +206,7 @@ def describe_dbt_counts(counts: dict[str, dict[str, int]]) -> str:
     order = list(verbs)
     parts = []
     for kind, statuses in sorted(counts.items()):
-        ranked = sorted(statuses.items(), key=lambda item: (order + [item[0]]).index(item[0]))
+        ranked = sorted(statuses.items(), key=lambda item: [*order, item[0]].index(item[0]))
         for status, n in ranked:
             noun = nouns.get(kind, kind)
             parts.append(f"{n} {noun}{'' if n == 1 else 's'} {verbs.get(status, status)}")

@@ -12,7 +12,10 @@ to be atomic.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -207,6 +210,7 @@ class PartitionResult:
     index: int
     rows: int
     as_of_dates: tuple[date, ...]
+    worker: str = ""  # host, process and thread that scored it (for the logs)
 
 
 def partition_bounds(
@@ -313,7 +317,8 @@ def score_partition(
         with warehouse.transaction(), pa.OSFile(str(spool), "rb") as source:
             warehouse.execute(f"delete from {table}")
             warehouse.append_arrow(table, pa.ipc.open_stream(source))
-    return PartitionResult(index=index, rows=rows, as_of_dates=tuple(sorted(as_of_dates)))
+    worker = f"{socket.gethostname()} pid {os.getpid()} {threading.current_thread().name}"
+    return PartitionResult(index, rows, tuple(sorted(as_of_dates)), worker)
 
 
 def finish_partitioned_scoring(
