@@ -166,11 +166,29 @@ def transform(
         if results.is_file():
             progress(f"dbt {' '.join(command)}: {describe_dbt_results(results)}")
         raise
+    finally:
+        if settings.warehouse == "duckdb":
+            _release_dbt_duckdb()
     result = TransformResult(
         tuple(command), summary, dbt_result_counts(results) if results.is_file() else {}
     )
     progress(result.summary())
     return result
+
+
+def _release_dbt_duckdb() -> None:
+    """Close the DuckDB database dbt-duckdb keeps open for the life of the process (a
+    class-level environment), so that other processes (the API, another run after this one
+    released the pipeline lock) can open the warehouse file."""
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:
+        return
+    with DuckDBConnectionManager._LOCK:
+        environment = DuckDBConnectionManager._ENV
+        DuckDBConnectionManager._ENV = None
+        if environment is not None:
+            environment.close()
 
 
 def dbt_result_counts(run_results: Any) -> dict[str, dict[str, int]]:

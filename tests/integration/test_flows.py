@@ -178,6 +178,9 @@ def test_a_failing_dbt_test_fails_the_transform_flow_naming_it(
     assert any("1 test failed" in m for m in logs), logs  # and the other tests passed
     with _client() as client:  # deterministic: the flow ran once, no retry
         assert client.read_flow_run(state.state_details.flow_run_id).run_count == 1
+    # dbt-duckdb's in-process database was closed: another process can open the warehouse
+    opener = f"import duckdb; duckdb.connect({str(settings.duckdb_file)!r}).close()"
+    assert subprocess.run([sys.executable, "-c", opener], capture_output=True).returncode == 0
 
 
 # -- drift -> retrain -> promotion gate -------------------------------------------------------
@@ -416,3 +419,21 @@ def test_a_full_prefect_global_concurrency_limit_fails_the_flow_clearly(
         state.result()
     # the file lock it took first was released on the way out
     assert [e["event"] for e in lock_history(settings)] == ["acquired", "released"]
+
+
+def test_the_retrain_check_command_trains_the_first_model_through_the_gate(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retailml import cli
+
+    _write(settings, CHURN_TRAINING_TABLE, make_churn_training(500, 10))
+    _write(settings, CUSTOMER_FEATURES_TABLE, make_customer_features(600))
+    monkeypatch.setenv("RETAILML_DATA_DIR", str(settings.data_dir))
+    assert cli.main(["retrain-check"]) == 0
+    assert capsys.readouterr().out.startswith("churn: retrained v1, promoted to production")
+    assert cli.main(["retrain-check", "--wait", "5"]) == 0  # calm: the monitor asks for nothing
+    out = capsys.readouterr().out
+    assert out.startswith("churn: not retrained: no trigger over its threshold"), out
+    assert _churn_versions(settings) == {1: ("production", _churn_versions(settings)[1][1])}
+    scored = _query(settings, "select count(*) as n from mlops.churn_scores")[0]["n"]
+    assert scored == 600  # the promotion re-scored every customer

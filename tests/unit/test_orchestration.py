@@ -340,3 +340,44 @@ def test_prefect_yaml_names_real_flows_with_valid_parameters_and_schedules() -> 
     assert set(by_flow) >= {"daily", "retrain-check", "backfill", "ingest", "transform", "score"}
     active = {d["name"] for d in deployments for s in d.get("schedules") or [] if s["active"]}
     assert active == {"daily", "weekly-retrain-check"}
+
+
+# -- the CLI --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["daily", "--wait", "0"],
+        ["retrain-check", "--max-age-days", "28"],
+        ["backfill", "--start", "2025-03-01", "--end", "2025-03-02", "--rebuild"],
+    ],
+)
+def test_the_cli_fails_clearly_while_another_run_holds_the_pipeline(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from retailml import cli
+
+    monkeypatch.setenv("RETAILML_DATA_DIR", str(tmp_path / "state"))
+    holder = _hold_in_subprocess(tmp_path, 30)
+    try:
+        assert cli.main(argv) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    error = capsys.readouterr().err
+    assert "error: PipelineBusyError: another retailml run holds the pipeline lock" in error
+    assert f"pid {holder.pid}" in error
+
+
+def test_the_cli_parses_the_orchestration_commands() -> None:
+    from retailml import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["retrain-check", "--max-age-days", "28", "--force", "--wait", "60"])
+    assert (args.max_age_days, args.force, args.margin, args.wait) == (28, True, 0.0, 60.0)
+    args = parser.parse_args(["score", "--partitions", "8"])
+    assert args.partitions == 8
+    args = parser.parse_args(["backfill", "--start", "2025-03-01", "--end", "2025-03-07"])
+    assert not args.rebuild and args.wait == 0.0
