@@ -107,6 +107,11 @@ STATE_TABLES = (
 VOLATILE = {"batch_id", "extracted_at", "transformed_at", "scored_at"}
 
 
+def _canonical(value: Any) -> str:
+    # sums of doubles depend on the order the warehouse adds them in (parallel aggregation)
+    return repr(round(value, 6) if isinstance(value, float) else value)
+
+
 def _state(settings: Settings) -> dict[str, list[tuple[str, ...]]]:
     warehouse = runtime.open_warehouse(settings)
     try:
@@ -119,7 +124,7 @@ def _state(settings: Settings) -> dict[str, list[tuple[str, ...]]]:
             rows = warehouse.query_arrow(
                 f"select {', '.join(quote_ident(c) for c in columns)} from {table}"
             ).to_pylist()
-            state[table] = sorted(tuple(repr(row[c]) for c in columns) for row in rows)
+            state[table] = sorted(tuple(_canonical(row[c]) for c in columns) for row in rows)
         return state
     finally:
         warehouse.close()
