@@ -202,3 +202,19 @@ def pg_settings(
             "pg_database": pg_database,
         }
     )
+
+
+# -- Prefect ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect test harness (a real temporary API server) for the whole session; yields
+    its API URL, for subprocesses (``prefect deploy``, workers) to use."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect"))
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())

@@ -47,6 +47,18 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def _retrain_check(settings: Settings, args: argparse.Namespace) -> None:
+    results = pipeline.retrain_check(
+        settings,
+        progress,
+        max_age_days=args.max_age_days,
+        force=args.force,
+        margin=args.margin,
+        lock_wait_seconds=args.wait,
+    )
+    print(results["retrain"].summary())
+
+
 def _keys(settings: Settings, args: argparse.Namespace) -> None:
     from .serving.auth import create_key, list_keys, revoke_key
 
@@ -139,15 +151,56 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("ingest", "extract S3 exports and MongoDB documents into raw tables"),
         ("train", "train, evaluate, register and gate the churn and demand models"),
-        ("score", "batch-score all customers with the production churn model"),
         ("materialize", "load current features and forecasts into the online store"),
         ("monitor", "drift check; move logged predictions into the warehouse"),
-        ("daily", "ingest -> transform -> train -> score -> materialize -> monitor"),
     ):
         stage = sub.add_parser(name, help=help_text)
         stage.set_defaults(
             handler=lambda s, a, _n=name: getattr(pipeline, _n)(s, progress=progress)
         )
+
+    wait_help = (
+        "seconds to wait for another run to release the pipeline lock (default: fail at once)"
+    )
+    score = sub.add_parser(
+        "score", help="batch-score all customers with the production churn model"
+    )
+    score.add_argument(
+        "--partitions",
+        type=int,
+        default=0,
+        help="score customer_id ranges one by one (0: all at once)",
+    )
+    score.set_defaults(
+        handler=lambda s, a: pipeline.score(s, progress=progress, partitions=a.partitions)
+    )
+
+    daily = sub.add_parser(
+        "daily",
+        help="ingest -> transform -> train -> score -> materialize -> monitor -> retrain check",
+    )
+    daily.add_argument("--wait", type=float, default=0.0, help=wait_help)
+    daily.add_argument("--score-partitions", type=int, default=0)
+    daily.set_defaults(
+        handler=lambda s, a: pipeline.daily(
+            s, progress, lock_wait_seconds=a.wait, score_partitions=a.score_partitions
+        )
+    )
+
+    retrain = sub.add_parser(
+        "retrain-check",
+        help="monitor, then retrain the churn model through the promotion gate if drift or "
+        "decay passed its thresholds",
+    )
+    retrain.add_argument(
+        "--max-age-days", type=int, help="also retrain a production model older than this"
+    )
+    retrain.add_argument("--force", action="store_true", help="retrain whatever the monitor says")
+    retrain.add_argument(
+        "--margin", type=float, default=0.0, help="how much better a candidate must be"
+    )
+    retrain.add_argument("--wait", type=float, default=0.0, help=wait_help)
+    retrain.set_defaults(handler=_retrain_check)
 
     backfill = sub.add_parser(
         "backfill", help="re-extract a range of days, replacing what it loaded before"
@@ -157,9 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument(
         "--source", choices=["s3", "mongo"], action="append", help="default: both"
     )
+    backfill.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="then dbt build, re-score and re-materialize (what the backfill flow does)",
+    )
+    backfill.add_argument("--wait", type=float, default=0.0, help=wait_help)
     backfill.set_defaults(
         handler=lambda s, a: pipeline.backfill(
-            s, a.start, a.end, progress=progress, sources=tuple(a.source or ("s3", "mongo"))
+            s,
+            a.start,
+            a.end,
+            progress=progress,
+            sources=tuple(a.source or ("s3", "mongo")),
+            rebuild=a.rebuild,
+            lock_wait_seconds=a.wait,
         )
     )
 

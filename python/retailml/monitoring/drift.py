@@ -315,6 +315,33 @@ class DriftReport:
     def drifted_features(self) -> list[str]:
         return [f.feature for f in self.features if f.is_drifted]
 
+    @property
+    def needs_retraining(self) -> bool:
+        """The retraining trigger the orchestration reads (here: dataset-level drift)."""
+        return self.is_drifted
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why retraining is needed: one line per drifted feature."""
+        return [
+            f"{f.feature} drifted ({f.statistic} {f.value:.3f} > {f.threshold:g})"
+            for f in self.features
+            if f.is_drifted
+        ]
+
+    def markdown(self) -> str:
+        """The summary and a table of the features (for a Prefect markdown artifact)."""
+        rows = "\n".join(
+            f"| {f.feature} | {f.statistic} | {f.value:.4f} | {f.threshold:g} | "
+            f"{'yes' if f.is_drifted else 'no'} |"
+            for f in self.features
+        )
+        return (
+            f"## Drift: {self.summary()}\n\n"
+            "| feature | statistic | value | threshold | drifted |\n|---|---|---|---|---|\n"
+            f"{rows}\n"
+        )
+
 
 def compare(
     reference: DriftReference,
