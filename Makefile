@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 export PREFECT_HOME ?= $(CURDIR)/.retailml/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# a temporary Prefect server (plain runs, tests) starts slowly on a busy 2-core machine
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 
 .PHONY: install demo test lint format unit integration e2e bench clean
