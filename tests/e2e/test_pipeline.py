@@ -223,16 +223,17 @@ def test_pipeline_on_duckdb_through_prefect(
         newest: date = warehouse.scalar("select max(order_date) from core.fct_order_lines")
         start, end = newest - timedelta(days=12), newest - timedelta(days=11)
         lost = [f"%/dt={start}/%", f"%/dt={end}/%"]
+        # raw rows lead to their S3 object through the load ledger (``_load_id``)
+        lost_loads = (
+            "select load_id from raw._load_ledger where object_key like ? or object_key like ?"
+        )
         with warehouse.transaction():
             warehouse.execute(
                 "delete from core.fct_order_lines where order_id in (select order_id from "
-                "raw.order_lines where _source_object like ? or _source_object like ?)",
+                f"raw.order_lines where _load_id in ({lost_loads}))",
                 lost,
             )
-            warehouse.execute(
-                "delete from raw.order_lines where _source_object like ? or _source_object like ?",
-                lost,
-            )
+            warehouse.execute(f"delete from raw.order_lines where _load_id in ({lost_loads})", lost)
     finally:
         warehouse.close()
     damaged = _state(settings)
