@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from retailml.config import Settings
-from retailml.features.online_store import EmbeddedOnlineStore, OnlineStoreError
-from retailml.features.spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from retailml.features.online_store import EmbeddedOnlineStore
+from retailml.features.spec import FEATURES, NUMERIC_FEATURES
 from retailml.serving import auth
 from retailml.serving.app import create_app
 from retailml.serving.model import ModelHolder, ServedModel, reference_values
@@ -38,67 +33,13 @@ from retailml.serving.prediction_log import (
 )
 from retailml.serving.server import gunicorn_options
 from retailml.warehouse.duckdb import DuckDBWarehouse
-
-COUNTRIES = ("NL", "DE", "BE", "FR")
-TIERS = ("bronze", "silver", "gold")
-CHANNELS = ("web", "app", "marketplace")
-
-
-# -- a real model ------------------------------------------------------------------------
-def synthetic_features(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(
-        {
-            "recency_days": rng.integers(0, 365, n).astype(float),
-            "frequency_90d": rng.poisson(2, n).astype(float),
-            "monetary_90d": rng.gamma(2.0, 40.0, n),
-            "frequency_365d": rng.poisson(6, n).astype(float),
-            "monetary_365d": rng.gamma(2.0, 150.0, n),
-            "avg_order_value_365d": rng.gamma(2.0, 25.0, n),
-            "return_rate_365d": rng.uniform(0, 0.4, n),
-            "tenure_days": rng.integers(30, 2000, n).astype(float),
-            "distinct_categories_365d": rng.integers(0, 8, n).astype(float),
-            "country": rng.choice(COUNTRIES, n),
-            "loyalty_tier": rng.choice(TIERS, n),
-            "signup_channel": rng.choice(CHANNELS, n),
-        }
-    )
-    return frame[list(FEATURES)]
-
-
-def train_pipeline(seed: int = 0) -> Pipeline:
-    frame = synthetic_features(600, seed)
-    rng = np.random.default_rng(seed + 1)
-    logit = (frame["recency_days"] - 150) / 40 - frame["frequency_90d"] * 0.5
-    label = (rng.uniform(size=len(frame)) < 1 / (1 + np.exp(-logit))).astype(int)
-    pipeline = Pipeline(
-        [
-            (
-                "preprocess",
-                ColumnTransformer(
-                    [
-                        (
-                            "num",
-                            Pipeline(
-                                [
-                                    ("impute", SimpleImputer(strategy="median")),
-                                    ("scale", StandardScaler()),
-                                ]
-                            ),
-                            list(NUMERIC_FEATURES),
-                        ),
-                        (
-                            "cat",
-                            OneHotEncoder(handle_unknown="ignore"),
-                            list(CATEGORICAL_FEATURES),
-                        ),
-                    ]
-                ),
-            ),
-            ("model", LogisticRegression(max_iter=500, random_state=seed)),
-        ]
-    )
-    return pipeline.fit(frame, label)
+from tests.serving_support import (
+    DownStore,
+    FakeRegistry,
+    OpenAPICheckedClient,
+    synthetic_features,
+    train_pipeline,
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,82 +47,12 @@ def pipeline() -> Pipeline:
     return train_pipeline(0)
 
 
-# -- fakes -------------------------------------------------------------------------------
-@dataclass
-class FakeModelVersion:
-    name: str
-    version: int
-    metrics: dict[str, Any]
-    training_fingerprint: dict[str, Any]
-    created_at: dt.datetime
-    artifact_sha256: str
+@pytest.fixture(autouse=True)
+def _every_response_matches_the_openapi_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``app.test_client()`` of these tests checks each response against the document."""
+    from flask import Flask
 
-
-@dataclass
-class FakeLoadedModel:
-    version: FakeModelVersion
-    model: Any
-
-
-@dataclass
-class FakeRegistry:
-    """Implements ``get`` and ``load`` of the registry API over in-memory versions."""
-
-    versions: dict[int, tuple[FakeModelVersion, Any]] = field(default_factory=dict)
-    production: int | None = None
-    corrupt: set[int] = field(default_factory=set)
-    gate: threading.Event | None = None
-    loads: int = 0
-
-    def publish(self, pipeline: Any, *, promote: bool = True) -> int:
-        version = len(self.versions) + 1
-        mv = FakeModelVersion(
-            name="churn",
-            version=version,
-            metrics={"roc_auc": 0.8 + version / 100},
-            training_fingerprint={"rows": 600, "data_sha256": f"abc{version}"},
-            created_at=dt.datetime(2024, 1, version, tzinfo=dt.UTC),
-            artifact_sha256=f"{version:064x}",
-        )
-        self.versions[version] = (mv, pipeline)
-        if promote:
-            self.production = version
-        return version
-
-    def _resolve(self, name: str, version_or_alias: str) -> int:
-        if name != "churn":
-            raise KeyError(name)
-        if version_or_alias == "production":
-            if self.production is None:
-                raise LookupError("no production version of 'churn'")
-            return self.production
-        return int(version_or_alias)
-
-    def get(self, name: str, version_or_alias: str = "production") -> FakeModelVersion:
-        return self.versions[self._resolve(name, version_or_alias)][0]
-
-    def load(self, name: str, version_or_alias: str = "production") -> FakeLoadedModel:
-        version = self._resolve(name, version_or_alias)
-        if self.gate is not None:
-            assert self.gate.wait(10), "test gate never opened"
-        self.loads += 1
-        if version in self.corrupt:
-            raise ValueError(f"artifact sha256 mismatch for churn v{version}")
-        mv, pipeline = self.versions[version]
-        return FakeLoadedModel(mv, pipeline)
-
-
-class DownStore(EmbeddedOnlineStore):
-    """An online store whose backend does not answer."""
-
-    def ping(self) -> bool:
-        return False
-
-    def get_many(self, ids: Any) -> list[dict[str, Any] | None]:
-        raise OnlineStoreError("connection refused")
-
-    def get_forecast(self, category: str, horizon_days: int) -> list[dict[str, Any]]:
-        raise OnlineStoreError("connection refused")
+    monkeypatch.setattr(Flask, "test_client_class", OpenAPICheckedClient)
 
 
 # -- fixtures ----------------------------------------------------------------------------
@@ -257,6 +128,7 @@ def tokens(keys_path: Path) -> dict[str, str]:
 
 APP_CONFIG = {
     "RETAILML_MODEL_REFRESH_S": 3600.0,
+    "RETAILML_KEY_RECHECK_S": 0.0,
     "RETAILML_MAX_BATCH": 10,
     "MAX_CONTENT_LENGTH": 16 * 1024,
 }
@@ -272,7 +144,7 @@ def app(settings, registry, store, keys_path, tokens):
         config=APP_CONFIG,
     )
     yield app
-    app.extensions["retailml"].prediction_log.close()
+    app.extensions["retailml"].close()
 
 
 @pytest.fixture

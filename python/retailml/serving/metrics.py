@@ -57,6 +57,16 @@ class ServingMetrics:
             "Predictions that could not be written to the prediction log spool.",
             registry=self.registry,
         )
+        self.prediction_log_flushed = Counter(
+            "retailml_prediction_log_flushed",
+            "Spooled predictions moved into the warehouse by this server.",
+            registry=self.registry,
+        )
+        self.prediction_log_flush_errors = Counter(
+            "retailml_prediction_log_flush_errors",
+            "Failed rounds of moving spooled predictions into the warehouse.",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The exposition text (all workers' metrics in multiprocess mode)."""

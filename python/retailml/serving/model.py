@@ -22,6 +22,14 @@ import pandas as pd
 
 from ..features.spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 from ..filelock import exclusive_lock
+from .compiled import (
+    VERIFY_TOLERANCE,
+    CompiledPipeline,
+    Delegate,
+    Unsupported,
+    compile_pipeline,
+    probe_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +185,23 @@ class ServedModel:
     loaded_at: str
     reference: dict[str, Any] = field(default_factory=dict)
     positive_index: int = -1
+    compiled: CompiledPipeline | None = None
+    inference: dict[str, Any] = field(default_factory=lambda: {"path": "pipeline"})
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModelLike) -> ServedModel:
+    def from_loaded(cls, loaded: LoadedModelLike, *, fast_path: bool = True) -> ServedModel:
         mv, pipeline = loaded.version, loaded.model
         if not callable(getattr(pipeline, "predict_proba", None)):
             raise TypeError(f"{mv.name} v{mv.version} is not a classifier with predict_proba")
         classes = list(getattr(pipeline, "classes_", []))
         positive = next((i for i, c in enumerate(classes) if c in (1, True, "1", "true")), -1)
         fingerprint = dict(mv.training_fingerprint or {})
+        reference = reference_values(pipeline, fingerprint)
+        compiled, inference = (
+            compile_verified(pipeline, reference)
+            if fast_path
+            else (None, {"path": "pipeline", "reason": "compilation disabled"})
+        )
         return cls(
             name=mv.name,
             version=int(mv.version),
@@ -195,8 +211,10 @@ class ServedModel:
             created_at=mv.created_at,
             artifact_sha256=mv.artifact_sha256,
             loaded_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            reference=reference_values(pipeline, fingerprint),
+            reference=reference,
             positive_index=positive,
+            compiled=compiled,
+            inference=inference,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -209,12 +227,25 @@ class ServedModel:
                 "loaded_at": self.loaded_at,
                 "metrics": self.metrics,
                 "training_fingerprint": self.training_fingerprint,
+                "inference": self.inference,
             }
         )
 
-    def _proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def _proba(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        proba = None
+        if self.compiled is not None:
+            try:
+                proba = self.compiled.predict_proba(records)
+            except Delegate:
+                proba = None  # this call's records need the pipeline's own handling
+            except Exception:  # a defect of the compiled path must not fail the request
+                log.exception(
+                    "compiled path of %s v%s failed; using the pipeline", self.name, self.version
+                )
+                proba = None
         try:
-            proba = self.pipeline.predict_proba(frame)
+            if proba is None:
+                proba = self.pipeline.predict_proba(to_frame(records))
         except Exception as exc:  # the pipeline's own validation (e.g. NaN without imputer)
             raise PredictionError(
                 f"model {self.name} v{self.version} could not score: {exc}"
@@ -226,7 +257,7 @@ class ServedModel:
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> list[float]:
         """Churn probability per feature record (records hold every feature in FEATURES)."""
-        return [float(p) for p in self._proba(to_frame(records))]
+        return self._proba(records).tolist()
 
     def explain(self, records: Sequence[Mapping[str, Any]], top: int = 5) -> list[list[dict]]:
         """Top contributions per record: score minus the score with the feature at its reference.
@@ -241,7 +272,7 @@ class ServedModel:
             rows.append(dict(record))
             for f in features:
                 rows.append({**record, f: self.reference[f]})
-        proba = self._proba(to_frame(rows))
+        proba = self._proba(rows)
         width = 1 + len(features)
         out: list[list[dict]] = []
         for i, record in enumerate(records):
@@ -258,6 +289,34 @@ class ServedModel:
             contributions.sort(key=lambda c: abs(c["contribution"]), reverse=True)
             out.append(contributions[:top])
         return out
+
+
+def compile_verified(
+    pipeline: Any, reference: Mapping[str, Any]
+) -> tuple[CompiledPipeline | None, dict[str, Any]]:
+    """The compiled fast path of ``pipeline`` if it scores probe records like the pipeline
+    (within :data:`~retailml.serving.compiled.VERIFY_TOLERANCE`), and what serves and why."""
+    estimator = type(getattr(pipeline, "steps", [[None, pipeline]])[-1][1]).__name__
+    try:
+        compiled = compile_pipeline(pipeline, NUMERIC_FEATURES, CATEGORICAL_FEATURES)
+        probes = probe_records(pipeline, NUMERIC_FEATURES, CATEGORICAL_FEATURES, reference)
+        worst = compiled.verify(probes, to_frame)
+    except Unsupported as exc:
+        return None, {"path": "pipeline", "estimator": estimator, "reason": str(exc)}
+    except Exception as exc:  # a pipeline that cannot score the probes: keep it as it is
+        log.warning("compiled path of %s not verified: %s", estimator, exc)
+        reason = f"verification failed: {type(exc).__name__}: {exc}"
+        return None, {"path": "pipeline", "estimator": estimator, "reason": reason}
+    if not worst <= VERIFY_TOLERANCE:
+        log.warning("compiled path of %s differs from the pipeline by %g", estimator, worst)
+        reason = f"compiled scores differ from the pipeline's by {worst:.3g} on probe records"
+        return None, {"path": "pipeline", "estimator": estimator, "reason": reason}
+    return compiled, {
+        "path": "compiled",
+        "estimator": estimator,
+        "verified_records": len(probes),
+        "verified_max_abs_diff": worst,
+    }
 
 
 def to_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -289,6 +348,7 @@ class ModelHolder:
         retry_s: float = 5.0,
         on_swap: Callable[[ServedModel], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fast_path: bool = True,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -296,6 +356,7 @@ class ModelHolder:
         self.refresh_s = refresh_s
         self.retry_s = retry_s
         self.on_swap = on_swap
+        self.fast_path = fast_path
         self._clock = clock
         self._model: ServedModel | None = None
         self._last_check = -math.inf
@@ -347,7 +408,8 @@ class ModelHolder:
             if served is not None and int(latest.version) == served.version:
                 self._last_error = None
                 return served
-            model = ServedModel.from_loaded(self.registry.load(self.name, self.alias))
+            loaded = self.registry.load(self.name, self.alias)
+            model = ServedModel.from_loaded(loaded, fast_path=self.fast_path)
         except Exception as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             log.warning("cannot load model %s@%s: %s", self.name, self.alias, self._last_error)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,7 +297,110 @@ def flush_prediction_log(
 
 def _flush_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """One flusher per spool at a time (the duplicate check assumes it)."""
-    return exclusive_lock(path.with_name(path.name + ".flush.lock"))
+    return exclusive_lock(_flush_lock_path(path))
+
+
+def _flush_lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".flush.lock")
+
+
+@contextlib.contextmanager
+def _try_flush_lock(path: Path) -> Iterator[bool]:
+    """Like :func:`_flush_lock` but without waiting: yields whether the lock was taken."""
+    lock_path = _flush_lock_path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class PredictionLogFlusher:
+    """Moves this host's spool into the warehouse every ``interval_s`` from a daemon thread.
+
+    Every worker of a server runs one; they share the spool file, and the one that gets the
+    flush lock does the work while the others skip that round. A warehouse that is down
+    leaves the rows in the spool for the next round (``on_error`` is told). The warehouse is
+    opened for each round and closed after it.
+    """
+
+    def __init__(
+        self,
+        spool: PredictionSpool,
+        open_warehouse: Callable[[], Warehouse],
+        interval_s: float,
+        *,
+        batch_rows: int = 10_000,
+        on_flush: Callable[[int], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.spool = spool
+        self.open_warehouse = open_warehouse
+        self.interval_s = interval_s
+        self.batch_rows = batch_rows
+        self.on_flush = on_flush
+        self.on_error = on_error
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the thread of this process (again after a fork)."""
+        with self._lock:
+            alive = self._thread is not None and self._thread.is_alive()
+            if alive and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="prediction-log-flush", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.run_once()
+
+    def run_once(self) -> int | None:
+        """One round: rows moved, or ``None`` when another worker holds the lock or it failed."""
+        try:
+            with _try_flush_lock(self.spool.path) as acquired:
+                if not acquired or self.spool.count() == 0:
+                    return None if not acquired else 0
+                warehouse = self.open_warehouse()
+                try:
+                    moved = _flush(self.spool, warehouse, self.batch_rows)
+                finally:
+                    warehouse.close()
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("prediction log flush failed (rows stay spooled): %s", self.last_error)
+            if self.on_error is not None:
+                self.on_error(exc)
+            return None
+        self.last_error = None
+        if self.on_flush is not None and moved:
+            self.on_flush(moved)
+        return moved
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            thread.join(timeout_s)
 
 
 def _flush(spool: PredictionSpool, warehouse: Warehouse, batch_rows: int) -> int:
