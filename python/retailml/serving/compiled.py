@@ -81,10 +81,11 @@ class _NumericBranch:
             missing = np.isnan(block)
             if missing.any():
                 block = np.where(missing, self.fill, block)
-        if self.mean is not None:
-            block -= self.mean
-        if self.scale is not None:
-            block /= self.scale
+        with np.errstate(over="ignore", invalid="ignore"):  # extreme inputs: inf, as sklearn
+            if self.mean is not None:
+                block -= self.mean
+            if self.scale is not None:
+                block /= self.scale
         out[:, self.start : self.stop] = block
 
 
@@ -414,7 +415,8 @@ def _logistic_estimator(est: Any, n_features: int) -> Callable[[np.ndarray], np.
     intercept = np.asarray(est.intercept_, dtype="float64")
 
     def proba(x: np.ndarray) -> np.ndarray:
-        p = expit((x @ coef_t + intercept).ravel())
+        with np.errstate(over="ignore", invalid="ignore"):
+            p = expit((x @ coef_t + intercept).ravel())
         return np.stack([1 - p, p], axis=1)
 
     return proba

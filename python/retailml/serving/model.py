@@ -300,7 +300,13 @@ def compile_verified(
     try:
         compiled = compile_pipeline(pipeline, NUMERIC_FEATURES, CATEGORICAL_FEATURES)
         probes = probe_records(pipeline, NUMERIC_FEATURES, CATEGORICAL_FEATURES, reference)
-        worst = compiled.verify(probes, to_frame)
+        try:
+            worst = compiled.verify(probes, to_frame)
+        except Exception:
+            # A pipeline that refuses missing values (no imputer) is checked on complete
+            # records; for incomplete ones the compiled path defers to it anyway.
+            probes = [p for p in probes if all(v is not None for v in p.values())]
+            worst = compiled.verify(probes, to_frame)
     except Unsupported as exc:
         return None, {"path": "pipeline", "estimator": estimator, "reason": str(exc)}
     except Exception as exc:  # a pipeline that cannot score the probes: keep it as it is
