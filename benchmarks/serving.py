@@ -469,7 +469,7 @@ def _run(
             [
                 sys.executable, "-m", "gunicorn", "--chdir", str(tmp),
                 "-b", f"127.0.0.1:{naive_port}", "-w", str(args.workers), "-k", "gthread",
-                "--threads", str(args.threads), "--log-level", "warning",
+                "--threads", str(args.threads), "--log-level", "warning", "--no-control-socket",
                 *(["--access-logfile", "-"] if args.access_log else []),
                 "naive_app:create()",
             ],

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,23 @@ def _every_response_matches_the_openapi_document(monkeypatch: pytest.MonkeyPatch
     from flask import Flask
 
     monkeypatch.setattr(Flask, "test_client_class", OpenAPICheckedClient)
+
+
+@pytest.fixture(autouse=True)
+def _apps_are_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Stop the background threads of every app a test builds."""
+    built: list[Any] = []
+    original = create_app
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        app = original(*args, **kwargs)
+        built.append(app)
+        return app
+
+    monkeypatch.setitem(globals(), "create_app", tracked)
+    yield
+    for app in built:
+        app.extensions["retailml"].close()
 
 
 # -- fixtures ----------------------------------------------------------------------------

@@ -111,6 +111,7 @@ def create_app(
     )
     metrics.model_version.labels(model=models.name).set(0)
     models.load_now()  # synchronous first load; a failure leaves the app up but not ready
+    models.watch()
 
     keys = KeyStore(
         key_store_path or settings.api_keys_path,

@@ -48,6 +48,12 @@ accesslog = None if _access.lower() in ("", "off", "none") else _access
 errorlog = "-"
 loglevel = os.environ.get("RETAILML_API_LOG_LEVEL", "info")
 proc_name = "retailml-api"
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), so
+# several servers on a host would fight over it: off unless a path is given.
+_control = os.environ.get("RETAILML_API_CONTROL_SOCKET")
+control_socket_disable = not _control
+if _control:
+    control_socket = _control
 
 
 def on_starting(server) -> None:

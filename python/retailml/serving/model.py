@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -369,6 +370,9 @@ class ModelHolder:
         self._last_error: str | None = None
         self._lock = threading.Lock()
         self._refreshing: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._watcher_pid: int | None = None
+        self._stop = threading.Event()
 
     # -- reading -----------------------------------------------------------------------
     def current(self) -> ServedModel | None:
@@ -380,6 +384,26 @@ class ModelHolder:
         if self._clock() - self._last_check >= interval:
             self.refresh_async()
         return self._model
+
+    def watch(self) -> None:
+        """Also check from a daemon thread of this process, so a worker that gets no traffic
+        for a while does not answer its next request with a retired version."""
+        with self._lock:
+            alive = self._watcher is not None and self._watcher.is_alive()
+            if alive and self._watcher_pid == os.getpid():
+                return
+            self._watcher_pid = os.getpid()
+            self._stop.clear()
+            self._watcher = threading.Thread(target=self._watch, name="model-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(max(0.05, min(self.refresh_s, self.retry_s))):
+            self.current()
+
+    def close(self) -> None:
+        """Stop the watcher thread (a refresh in progress finishes by itself)."""
+        self._stop.set()
 
     def status(self) -> dict[str, Any]:
         model = self._model

@@ -33,6 +33,7 @@ class ServingState:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued to the spool and stop the background threads."""
+        self.models.close()
         if self.flusher is not None:
             self.flusher.close(timeout_s)
         if self.prediction_log is not None:
