@@ -271,3 +271,24 @@ def test_a_compiled_path_that_disagrees_is_not_served(trainer_pipelines, monkeyp
     assert compiled is None
     assert info["path"] == "pipeline"
     assert "differ" in info["reason"]
+
+
+def test_both_tree_strategies_find_the_same_leaves(trainer_pipelines):
+    """Leaf bit masks (trees of up to 64 leaves) and the level walk (deeper trees) agree,
+    and the trainer's search produces forests for both."""
+    words = set()
+    for name, pipeline in trainer_pipelines.items():
+        compiled = _compiled(pipeline)
+        forest = getattr(compiled.small, "forest", None)
+        if forest is None:
+            continue
+        words.add(forest.words > 1)
+        x = compiled.prepare(RECORDS[:64])
+        if type(pipeline[-1]).__name__ == "RandomForestClassifier":
+            x = x.astype(np.float32).astype(np.float64)
+        if forest.words == 1:
+            np.testing.assert_array_equal(forest.leaf_values(x), forest.walk(x), err_msg=name)
+            np.testing.assert_array_equal(
+                forest.leaf_values(x[:1]), forest.walk(x[:1]), err_msg=name
+            )
+    assert words == {False, True}

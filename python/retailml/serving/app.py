@@ -51,6 +51,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _flush_interval(settings: Settings, configured: float | None) -> float:
     if configured is not None:
         return float(configured)
@@ -170,9 +173,9 @@ def _register_request_hooks(app: Flask, metrics: ServingMetrics) -> None:
     def _finish(response: Response) -> Response:
         started = g.get("started")
         endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
-        if started is not None:
-            metrics.latency.labels(request.method, endpoint).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        method = request.method if request.method in _METHODS else "OTHER"  # bounded labels
+        metrics.observe_request(method, endpoint, response.status_code, elapsed)
         if g.get("request_id"):
             response.headers["X-Request-ID"] = g.request_id
         response.headers.setdefault("Cache-Control", "no-store")

@@ -10,10 +10,10 @@ once and scores feature records (plain dicts) with the same arithmetic:
   dropped or infrequent categories) write into one float64 matrix at the
   ColumnTransformer's own output positions;
 - ``LogisticRegression``: ``expit(X @ coef_.T + intercept_)`` as scikit-learn computes it;
-- ``RandomForestClassifier`` and ``HistGradientBoostingClassifier``: every tree's nodes in
-  flat arrays, all trees walked at once, one vectorised step per tree level; leaf values
-  summed in the estimator's own order (``cumsum``, like its ``+=`` loop); forest inputs
-  rounded to float32 first, as scikit-learn's trees compare them.
+- ``RandomForestClassifier`` and ``HistGradientBoostingClassifier``: every tree as bit
+  masks over its leaves (QuickScorer), all splits of all trees tested at once, no walk;
+  leaf values summed in the estimator's own order (``cumsum``, like its ``+=`` loop);
+  forest inputs rounded to float32 first, as scikit-learn's trees compare them.
 
 For larger batches (more than :data:`TREE_WALK_MAX_ROWS` rows) the estimator's own
 ``predict_proba`` runs on the prepared matrix instead (still no pandas). Anything not
@@ -267,67 +267,143 @@ def _preprocessing(preprocess: Any, numeric: set[str], categorical: set[str]) ->
 
 # -- estimators ------------------------------------------------------------------------------
 class _Forest:
-    """Every tree of an ensemble in flat arrays, walked together one level per step."""
+    """Every tree of an ensemble as bit masks over its leaves, scored without walking.
+
+    QuickScorer (Lucchese et al., SIGIR 2015): number each tree's leaves left to right.
+    A node whose test sends a row right rules out every leaf of its left subtree, a
+    contiguous range of leaf numbers; the row's leaf is the leftmost one no such node
+    rules out. So a row is scored with a fixed handful of array operations whatever the
+    depth: evaluate every split at once, AND the masks of the nodes that go right per
+    tree, take the lowest set bit. Missing values go where the node's
+    ``missing_go_to_left`` says, as in scikit-learn.
+
+    Trees with more than 64 leaves (deep forests) need several words per mask, and there
+    walking every tree one level per step (``node = child[2 * node + go_right[node]]``)
+    is cheaper; both give the same leaf.
+    """
+
+    WORD = 64
 
     def __init__(
         self,
         trees: Sequence[tuple[np.ndarray, ...]],
         n_features: int,
     ) -> None:
-        # per tree: (feature, threshold, left, right, missing_left, is_leaf, value, depth)
-        feature, threshold, child, missing_left, value, roots = [], [], [], [], [], []
-        depth = 0
-        base = 0
-        for f, t, left, right, ml, leaf, v, d in trees:
-            n = len(f)
-            roots.append(base)
-            nodes = np.arange(n)
-            left = np.where(leaf, nodes, left) + base
-            right = np.where(leaf, nodes, right) + base
-            child.append(np.stack([left, right], axis=1).ravel())  # child[2i + go_right]
-            feature.append(np.where(leaf, 0, f))
-            threshold.append(np.where(leaf, np.inf, t))
-            missing_left.append(np.where(leaf, True, ml))
-            value.append(v)
-            depth = max(depth, int(d))
-            base += n
-        if np.concatenate(feature).max(initial=0) >= n_features:
-            raise Unsupported("a tree splits on a feature outside the prepared matrix")
+        # per tree: (feature, threshold, left, right, missing_left, is_leaf, value)
+        n_leaves = [int(np.count_nonzero(t[5])) for t in trees]
+        words = max(1, -(-max(n_leaves, default=1) // self.WORD))
+        full = np.uint64(0xFFFFFFFFFFFFFFFF)
+        feature, threshold, missing_left, masks, starts = [], [], [], [], []
+        values: list[np.ndarray] = []
+        total = 0
+        # the level walk's arrays (all nodes of all trees, leaves pointing at themselves)
+        w_feature, w_threshold, w_missing, w_child, w_value, w_roots = [], [], [], [], [], []
+        base = depth = 0
+        for f, t, left, right, ml, leaf, v in trees:
+            nodes = np.arange(len(f))
+            w_roots.append(base)
+            w_child.append(
+                np.stack(
+                    [np.where(leaf, nodes, left), np.where(leaf, nodes, right)], axis=1
+                ).ravel()
+                + base
+            )
+            w_feature.append(np.where(leaf, 0, f))
+            w_threshold.append(np.where(leaf, np.inf, t))
+            w_missing.append(np.where(leaf, True, ml))
+            w_value.append(np.asarray(v))
+            base += len(f)
+            leaf_number = np.full(len(f), -1)
+            first_leaf = np.zeros(len(f), dtype=np.int64)  # of each node's subtree
+            end_leaf = np.zeros(len(f), dtype=np.int64)
+            order: list[int] = []
+            stack: list[tuple[int, bool]] = [(0, False)]
+            level = np.zeros(len(f), dtype=np.int64)
+            while stack:  # post-order over an explicit stack: left subtree first
+                node, done = stack.pop()
+                depth = max(depth, int(level[node]))
+                if not leaf[node] and not done:
+                    level[left[node]] = level[right[node]] = level[node] + 1
+                if leaf[node]:
+                    leaf_number[node] = len(order)
+                    order.append(node)
+                    first_leaf[node], end_leaf[node] = leaf_number[node], leaf_number[node] + 1
+                elif done:
+                    first_leaf[node] = first_leaf[left[node]]
+                    end_leaf[node] = end_leaf[right[node]]
+                else:
+                    stack += [(node, True), (int(right[node]), False), (int(left[node]), False)]
+            internal = np.flatnonzero(~leaf)
+            starts.append(total)
+            # a first, always-left entry per tree keeps every tree's segment non-empty
+            feature.append(np.concatenate([[0], f[internal]]))
+            threshold.append(np.concatenate([[np.inf], t[internal]]))
+            missing_left.append(np.concatenate([[True], ml[internal]]))
+            lo = first_leaf[left[internal]][:, None]
+            hi = end_leaf[left[internal]][:, None]
+            positions = np.arange(words * self.WORD)
+            cleared = (positions >= lo) & (positions < hi)  # the left subtree's leaves
+            packed = np.packbits(cleared, axis=1, bitorder="little").view("<u8")
+            masks.append(np.concatenate([np.full((1, words), full), ~packed]).astype(np.uint64))
+            values.append(np.asarray(v)[order])
+            total += len(internal) + 1
         self.feature = np.concatenate(feature).astype(np.intp)
+        if self.feature.size and self.feature.max() >= n_features:
+            raise Unsupported("a tree splits on a feature outside the prepared matrix")
         self.threshold = np.concatenate(threshold).astype("float64")
-        self.child = np.concatenate(child).astype(np.intp)
         self.missing_left = np.concatenate(missing_left).astype(bool)
-        self.value = np.concatenate(value).astype("float64")
-        self.roots = np.asarray(roots, dtype=np.intp)
+        self.masks = np.concatenate(masks)
+        self.starts = np.asarray(starts, dtype=np.intp)
+        self.full = full
+        width = max(len(v) for v in values)
+        shape = (len(values), width, *values[0].shape[1:])
+        self.values = np.zeros(shape, dtype="float64")  # (trees, leaves[, classes])
+        for i, v in enumerate(values):
+            self.values[i, : len(v)] = v
+        self.tree_index = np.arange(len(values))
+        self.words = words
+        self.walk_feature = np.concatenate(w_feature).astype(np.intp)
+        self.walk_threshold = np.concatenate(w_threshold).astype("float64")
+        self.walk_missing_left = np.concatenate(w_missing).astype(bool)
+        self.walk_child = np.concatenate(w_child).astype(np.intp)
+        self.walk_value = np.concatenate(w_value).astype("float64")
+        self.walk_roots = np.asarray(w_roots, dtype=np.intp)
         self.depth = depth
-        self.n_features = n_features
 
     def leaf_values(self, x: np.ndarray) -> np.ndarray:
-        """(rows, trees[, ...]) leaf values for the float64 matrix ``x``.
-
-        Every node's test is evaluated at once (one gather and one comparison over all
-        nodes), then each step moves every tree one level down: ``node = child[2 * node +
-        go_right[node]]``, three array operations per level whatever the number of trees.
-        """
-        n = x.shape[0]
-        v = x[:, self.feature]  # (rows, nodes): the value each node tests
+        """(rows, trees[, ...]) leaf values for the float64 matrix ``x``."""
+        if self.words > 1:
+            return self.walk(x)
+        v = x[:, self.feature]  # (rows, splits): the value each split tests
         with np.errstate(invalid="ignore"):
             go_right = v > self.threshold
-        nan = np.isnan(v)
-        if nan.any():
-            go_right = np.where(nan, ~self.missing_left, go_right)
-        if n == 1:
-            right = go_right.ravel().view(np.uint8)
-            node = self.roots
-            for _ in range(self.depth):
-                node = self.child[2 * node + right[node]]
-            return self.value[node][None]
+        if np.isnan(x).any():
+            go_right = np.where(np.isnan(v), ~self.missing_left, go_right)
+        kept = np.where(go_right, self.masks[:, 0], self.full)
+        alive = np.bitwise_and.reduceat(kept, self.starts, axis=1)  # (rows, trees)
+        lowest = alive & (~alive + np.uint64(1))  # the lowest set bit: the exit leaf
+        leaf = np.frexp(lowest.astype(np.float64))[1] - 1  # exact: a power of two
+        return self.values[self.tree_index, leaf]
+
+    def walk(self, x: np.ndarray) -> np.ndarray:
+        """The same leaves by walking all trees together, one level per step."""
+        n = x.shape[0]
+        v = x[:, self.walk_feature]  # (rows, nodes)
+        with np.errstate(invalid="ignore"):
+            go_right = v > self.walk_threshold
+        if np.isnan(x).any():
+            go_right = np.where(np.isnan(v), ~self.walk_missing_left, go_right)
         right = go_right.view(np.uint8).ravel()
-        offsets = (np.arange(n, dtype=np.intp) * len(self.feature))[:, None]
-        node = np.broadcast_to(self.roots, (n, len(self.roots)))
+        if n == 1:
+            node = self.walk_roots
+            for _ in range(self.depth):
+                node = self.walk_child[2 * node + right[node]]
+            return self.walk_value[node][None]
+        offsets = (np.arange(n, dtype=np.intp) * len(self.walk_feature))[:, None]
+        node = np.broadcast_to(self.walk_roots, (n, len(self.walk_roots)))
         for _ in range(self.depth):
-            node = self.child[2 * node + right[offsets + node]]
-        return self.value[node]
+            node = self.walk_child[2 * node + right[offsets + node]]
+        return self.walk_value[node]
 
 
 def _forest_estimator(est: Any, n_features: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -340,7 +416,6 @@ def _forest_estimator(est: Any, n_features: int) -> Callable[[np.ndarray], np.nd
             raise Unsupported("multi-output tree")
         leaf = tree.children_left == -1
         value = tree.value[:, 0, : est.n_classes_]
-        # the node depth bounds the walk: the longest root-to-leaf path
         trees.append(
             (
                 tree.feature,
@@ -350,7 +425,6 @@ def _forest_estimator(est: Any, n_features: int) -> Callable[[np.ndarray], np.nd
                 tree.missing_go_to_left.astype(bool),
                 leaf,
                 value,
-                tree.max_depth,
             )
         )
     forest = _Forest(trees, n_features)
@@ -365,6 +439,7 @@ def _forest_estimator(est: Any, n_features: int) -> Callable[[np.ndarray], np.nd
         total = np.cumsum(values, axis=1)[:, -1, :]  # 0 + t1 + t2 + ... in tree order
         return total / n_trees
 
+    proba.forest = forest  # type: ignore[attr-defined]
     return proba
 
 
@@ -390,7 +465,6 @@ def _hgb_estimator(est: Any, n_features: int) -> Callable[[np.ndarray], np.ndarr
                 nodes["missing_go_to_left"].astype(bool),
                 leaf,
                 nodes["value"],
-                nodes["depth"].max(initial=0),
             )
         )
     forest = _Forest(trees, n_features)
@@ -404,6 +478,7 @@ def _hgb_estimator(est: Any, n_features: int) -> Callable[[np.ndarray], np.ndarr
         p = expit(raw[:, -1])
         return np.stack([1 - p, p], axis=1)
 
+    proba.forest = forest  # type: ignore[attr-defined]
     return proba
 
 
