@@ -637,6 +637,8 @@ def test_model_metadata(client, predict, tokens):
         assert body["artifact_sha256"] == f"{1:064x}"
         assert body["created_at"].startswith("2024-01-01")
         assert body["status"]["loaded"] is True
+        assert body["inference"]["path"] == "compiled"
+        assert body["inference"]["estimator"] == "LogisticRegression"
 
 
 def test_admin_reload_picks_up_a_new_version(client, registry, tokens, predict):
@@ -867,6 +869,76 @@ def test_create_app_from_settings_with_the_real_registry(settings, store, keys_p
         timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
+
+
+def _register_with_the_real_registry(settings: Settings) -> Any:
+    from retailml import runtime
+
+    registry = runtime.open_registry(settings)
+    try:
+        version = registry.register(
+            "churn",
+            train_pipeline(0),
+            kind="sklearn",
+            params={},
+            metrics={"roc_auc": 0.8},
+            fingerprint={"rows": 600},
+        )
+        registry.promote("churn", version.version, metric="roc_auc")
+    finally:
+        registry.warehouse.close()
+    return version
+
+
+def test_a_tampered_artifact_is_never_loaded(settings, store, keys_path, tokens):
+    """The served artifact must hash to the registry's sha256: one changed byte on disk and
+    the app stays unready instead of deserialising it."""
+    from urllib.parse import urlparse
+
+    version = _register_with_the_real_registry(settings)
+    artifact = Path(urlparse(version.artifact_uri).path)
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    app = create_app(
+        settings,
+        online_store=store,
+        key_store_path=keys_path,
+        config={**APP_CONFIG, "RETAILML_PREDICTION_LOG": False},
+    )
+    client = app.test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "sha256" in ready.get_json()["checks"]["model"]["last_error"]
+    scored = client.post(
+        "/v1/churn/score", json={"features": record(0)}, headers=bearer(tokens["predict"])
+    )
+    assert scored.status_code == 503
+
+
+def test_an_encrypted_artifact_is_served_only_with_the_key(settings, store, keys_path, tokens):
+    from urllib.parse import urlparse
+
+    from cryptography.fernet import Fernet
+    from pydantic import SecretStr
+
+    key = Fernet.generate_key().decode()
+    encrypted = settings.model_copy(update={"model_encryption_key": SecretStr(key)})
+    version = _register_with_the_real_registry(encrypted)
+    stored = Path(urlparse(version.artifact_uri).path).read_bytes()
+    assert not stored.startswith(b"PK")  # not a readable skops (zip) file at rest
+    config = {**APP_CONFIG, "RETAILML_PREDICTION_LOG": False}
+    with_key = create_app(encrypted, online_store=store, key_store_path=keys_path, config=config)
+    client = with_key.test_client()
+    assert client.get("/readyz").status_code == 200
+    scored = client.post(
+        "/v1/churn/score", json={"features": record(0)}, headers=bearer(tokens["predict"])
+    )
+    assert scored.status_code == 200
+    without = create_app(settings, online_store=store, key_store_path=keys_path, config=config)
+    ready = without.test_client().get("/readyz")
+    assert ready.status_code == 503
+    assert "encryption key" in ready.get_json()["checks"]["model"]["last_error"]
 
 
 def test_short_lived_registry_retries_the_open_and_closes_the_warehouse(registry):
