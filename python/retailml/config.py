@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         description="How often the API moves its spooled predictions to the warehouse "
         "(0: never, `retailml monitor` does; default: 60 s, or 0 on embedded DuckDB)",
     )
+    prediction_log_fsync: bool = Field(
+        False,
+        description="fsync every spooled batch of predictions (survives power loss, costs CPU)",
+    )
 
     # -- derived locations ------------------------------------------------------------
     @property

@@ -2,8 +2,10 @@
 
 Requests hand records to :class:`PredictionLogger` (an in-memory queue, never blocking); its
 writer thread appends them in batches to :class:`PredictionSpool`, a SQLite file in WAL mode
-with ``synchronous=FULL`` under ``<data_dir>/prediction_log/``. Several gunicorn workers may
-share the file. :func:`flush_prediction_log` moves spooled rows into ``mlops.prediction_log``
+under ``<data_dir>/prediction_log/``. Several gunicorn workers may share the file. A
+committed batch survives the process (a crash, a kill, a restart); with ``fsync`` (setting
+``prediction_log_fsync``) it also survives the host losing power, at the price of an fsync
+per batch (on the development VM about 90 us of CPU per record, against about 20). :func:`flush_prediction_log` moves spooled rows into ``mlops.prediction_log``
 and deletes them from the spool only after the warehouse committed, so a warehouse outage
 loses nothing; a crash between commit and delete is caught by a request_id check on the next
 flush (at-least-once delivery with duplicate suppression).
@@ -21,6 +23,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +82,14 @@ class PredictionRecord:
 
 
 class PredictionSpool:
-    """Append-only SQLite spool of prediction rows (one connection per thread and process)."""
+    """Append-only SQLite spool of prediction rows (one connection per thread and process).
 
-    def __init__(self, path: Path | str, *, timeout_s: float = 10.0) -> None:
+    WAL mode; ``fsync=False`` is SQLite's ``synchronous=NORMAL`` (commits reach the OS at
+    once and the disk at checkpoints), ``fsync=True`` its ``synchronous=FULL``.
+    """
+
+    def __init__(self, path: Path | str, *, timeout_s: float = 10.0, fsync: bool = False) -> None:
+        self.fsync = fsync
         self.path = Path(path)
         self.timeout_s = timeout_s
         self._local = threading.local()
@@ -93,7 +101,7 @@ class PredictionSpool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         con.execute("pragma journal_mode=wal")
-        con.execute("pragma synchronous=full")
+        con.execute(f"pragma synchronous={'full' if self.fsync else 'normal'}")
         con.execute(
             "create table if not exists spool (seq integer primary key autoincrement, "
             "request_id text not null, predicted_at text not null, model_name text not null, "
@@ -152,14 +160,15 @@ def prediction_spool_path(settings: Settings) -> Path:
 
 def open_spool(settings: Settings) -> PredictionSpool:
     """The spool of this host, under ``<data_dir>/prediction_log/``."""
-    return PredictionSpool(prediction_spool_path(settings))
+    return PredictionSpool(prediction_spool_path(settings), fsync=settings.prediction_log_fsync)
 
 
 class PredictionLogger:
     """Non-blocking front of the spool: ``log`` enqueues, a daemon thread writes batches.
 
-    When the queue is full (the disk stalls) records are dropped and counted rather than
-    slowing requests down; ``on_drop`` lets the app export that count as a metric.
+    The writer commits what arrives within ``linger_s`` (50 ms) together: one transaction
+    and fsync per batch. When the queue is full (the disk stalls) records are dropped and
+    counted rather than slowing requests down; ``on_drop`` lets the app export that count.
     """
 
     def __init__(
@@ -168,10 +177,12 @@ class PredictionLogger:
         *,
         max_queue: int = 10_000,
         batch_size: int = 500,
+        linger_s: float = 0.05,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.spool = spool
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self.on_drop = on_drop
         self.dropped = 0
         self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(max_queue)
@@ -218,9 +229,13 @@ class PredictionLogger:
                 stop = True
             else:
                 batch.append(item)
+            # Group commit: gather what arrives within linger_s into one transaction (one
+            # fsync), instead of a transaction per record at a moderate request rate.
+            deadline = time.monotonic() + self.linger_s
             while not stop and len(batch) < self.batch_size:
+                wait = deadline - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 done += 1
