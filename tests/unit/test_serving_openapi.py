@@ -275,6 +275,7 @@ def test_any_forecast_query_is_answered_as_documented(served, params):
     _answered_cleanly(response)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # extreme values
 @FUZZ
 @given(record=valid_records, explain=st.booleans())
 def test_every_documented_record_is_scored(served, record, explain):

@@ -114,7 +114,10 @@ def create_app(
     )
     metrics.model_version.labels(model=models.name).set(0)
     models.load_now()  # synchronous first load; a failure leaves the app up but not ready
-    models.watch()
+    if settings.warehouse != "duckdb":
+        # Idle workers switch too. Not on embedded DuckDB: one process may hold the file at
+        # a time, so there the registry is only read when requests come (and lazily).
+        models.watch()
 
     keys = KeyStore(
         key_store_path or settings.api_keys_path,
