@@ -26,7 +26,6 @@ from retailml.serving import auth
 from retailml.serving.app import create_app
 from retailml.serving.model import ModelHolder, ServedModel, reference_values
 from retailml.serving.prediction_log import (
-    PREDICTION_LOG_SCHEMA,
     PREDICTION_LOG_TABLE,
     PredictionSpool,
     flush_prediction_log,
@@ -778,14 +777,25 @@ def test_flush_after_a_crash_between_commit_and_delete_adds_no_duplicates(
     app, client, predict, tmp_path
 ):
     spool = _spool_with_rows(app, client, predict)
+    for cid in CUSTOMER_IDS[2:4]:
+        client.post("/v1/churn/score", json={"customer_id": cid}, headers=predict)
+    assert app.extensions["retailml"].prediction_log.flush(10)
     warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb")
+
+    class DiesAfterCommit(PredictionSpool):
+        """The flushing process dies after the warehouse committed, before the delete."""
+
+        def delete_through(self, seq: int) -> None:
+            raise KeyboardInterrupt("killed")
+
     try:
-        # an earlier flush committed both rows to the warehouse, then died before the delete
-        _, batch = spool.read_batch(100)
-        warehouse.create_table(PREDICTION_LOG_TABLE, PREDICTION_LOG_SCHEMA)
-        warehouse.append_arrow(PREDICTION_LOG_TABLE, batch)
-        assert flush_prediction_log(spool, warehouse) == 0
+        with pytest.raises(KeyboardInterrupt):
+            flush_prediction_log(DiesAfterCommit(spool.path), warehouse, batch_rows=2)
         assert warehouse.query_arrow(f"select * from {PREDICTION_LOG_TABLE}").num_rows == 2
+        assert spool.count() == 4  # the committed batch is still spooled too
+        assert flush_prediction_log(spool, warehouse, batch_rows=2) == 2  # only the rest
+        ids = warehouse.query_arrow(f"select request_id from {PREDICTION_LOG_TABLE}")
+        assert ids.num_rows == 4 and len(set(ids.column(0).to_pylist())) == 4
         assert spool.count() == 0
     finally:
         warehouse.close()

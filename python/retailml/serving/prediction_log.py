@@ -7,8 +7,8 @@ committed batch survives the process (a crash, a kill, a restart); with ``fsync`
 ``prediction_log_fsync``) it also survives the host losing power, at the price of an fsync
 per batch (on the development VM about 90 us of CPU per record, against about 20). :func:`flush_prediction_log` moves spooled rows into ``mlops.prediction_log``
 and deletes them from the spool only after the warehouse committed, so a warehouse outage
-loses nothing; a crash between commit and delete is caught by a request_id check on the next
-flush (at-least-once delivery with duplicate suppression).
+loses nothing; each batch commits with the spool's watermark, so a crash between commit and
+delete cannot deliver a row twice (exactly once).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ class PredictionSpool:
         con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         con.execute("pragma journal_mode=wal")
         con.execute(f"pragma synchronous={'full' if self.fsync else 'normal'}")
+        con.execute("create table if not exists meta (key text primary key, value text)")
+        con.execute("insert or ignore into meta values ('spool_id', ?)", [uuid.uuid4().hex])
         con.execute(
             "create table if not exists spool (seq integer primary key autoincrement, "
             "request_id text not null, predicted_at text not null, model_name text not null, "
@@ -133,10 +136,19 @@ class PredictionSpool:
         if not rows:
             return 0, PREDICTION_LOG_SCHEMA.empty_table()
         columns = list(zip(*rows, strict=True))
-        data: dict[str, Any] = dict(zip(_COLUMNS, columns[1:], strict=True))
-        data["predicted_at"] = [dt.datetime.fromisoformat(v) for v in data["predicted_at"]]
-        return int(columns[0][-1]), pa.table(
-            {name: list(values) for name, values in data.items()}, schema=PREDICTION_LOG_SCHEMA
+        arrays = []
+        for field, values in zip(PREDICTION_LOG_SCHEMA, columns[1:], strict=True):
+            if field.name == "predicted_at":  # ISO 8601 text, parsed by Arrow (not per row)
+                arrays.append(pa.array(values, pa.string()).cast(field.type))
+            else:
+                arrays.append(pa.array(values, field.type))
+        return int(columns[0][-1]), pa.Table.from_arrays(arrays, schema=PREDICTION_LOG_SCHEMA)
+
+    @property
+    def spool_id(self) -> str:
+        """This spool's identity (random, made with the file): its rows' origin in the log."""
+        return str(
+            self._con().execute("select value from meta where key = 'spool_id'").fetchone()[0]
         )
 
     def delete_through(self, seq: int) -> None:
@@ -279,21 +291,25 @@ class PredictionLogger:
             thread.join(timeout_s)
 
 
-def _already_loaded(warehouse: Warehouse, batch: pa.Table) -> set[str]:
-    """Request ids of ``batch`` the warehouse already has (a flush that died after commit)."""
-    ids = batch.column("request_id").to_pylist()
-    table = qualified(PREDICTION_LOG_TABLE)
-    rid = quote_ident("request_id")
-    probe = warehouse.query_arrow(f"select {rid} from {table} where {rid} = ? limit 1", [ids[0]])
-    if probe.num_rows == 0:
-        return set()
-    present: set[str] = set()
-    for start in range(0, len(ids), 1_000):
-        chunk = ids[start : start + 1_000]
-        marks = ", ".join("?" * len(chunk))
-        result = warehouse.query_arrow(f"select {rid} from {table} where {rid} in ({marks})", chunk)
-        present.update(result.column(0).to_pylist())
-    return present
+FLUSHES_TABLE = "mlops.prediction_log_flushes"
+FLUSHES_SCHEMA = pa.schema(
+    [
+        pa.field("spool_id", pa.string(), nullable=False),
+        pa.field("last_seq", pa.int64(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("flushed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def _committed_through(warehouse: Warehouse, spool_id: str) -> int:
+    """The last spool sequence number the warehouse committed for ``spool_id`` (0: none)."""
+    table = qualified(FLUSHES_TABLE)
+    value = warehouse.scalar(
+        f"select max({quote_ident('last_seq')}) from {table} where {quote_ident('spool_id')} = ?",
+        [spool_id],
+    )
+    return int(value or 0)
 
 
 def flush_prediction_log(
@@ -354,7 +370,7 @@ class PredictionLogFlusher:
         open_warehouse: Callable[[], Warehouse],
         interval_s: float,
         *,
-        batch_rows: int = 10_000,
+        batch_rows: int = 2_000,
         on_flush: Callable[[int], None] | None = None,
         on_error: Callable[[Exception], None] | None = None,
     ) -> None:
@@ -419,23 +435,36 @@ class PredictionLogFlusher:
 
 
 def _flush(spool: PredictionSpool, warehouse: Warehouse, batch_rows: int) -> int:
-    if not warehouse.columns(PREDICTION_LOG_TABLE):
-        warehouse.create_table(PREDICTION_LOG_TABLE, PREDICTION_LOG_SCHEMA)
+    """Each batch commits together with its spool watermark (spool id, last sequence number)
+    in ``mlops.prediction_log_flushes``; rows leave the spool after that commit. A flush that
+    died between the commit and the delete is recognised by the watermark: exactly once,
+    without searching the log for request ids."""
+    for table, schema in (
+        (PREDICTION_LOG_TABLE, PREDICTION_LOG_SCHEMA),
+        (FLUSHES_TABLE, FLUSHES_SCHEMA),
+    ):
+        if not warehouse.columns(table):
+            warehouse.create_table(table, schema)
+    spool_id = spool.spool_id
+    committed = _committed_through(warehouse, spool_id)
+    if committed:
+        spool.delete_through(committed)  # no-op unless a flush died after its commit
     written = 0
-    first = True
     while True:
         last_seq, batch = spool.read_batch(batch_rows)
         if batch.num_rows == 0:
             return written
-        if first:  # only the first batch can overlap a previous, interrupted flush
-            present = _already_loaded(warehouse, batch)
-            if present:
-                keep = pa.array([r not in present for r in batch.column("request_id").to_pylist()])
-                batch = batch.filter(keep)
-                log.warning("skipping %d already-loaded spooled predictions", len(present))
-            first = False
-        if batch.num_rows:
-            with warehouse.transaction():
-                warehouse.append_arrow(PREDICTION_LOG_TABLE, batch)
+        mark = pa.table(
+            {
+                "spool_id": [spool_id],
+                "last_seq": [last_seq],
+                "rows": [batch.num_rows],
+                "flushed_at": [dt.datetime.now(dt.UTC)],
+            },
+            schema=FLUSHES_SCHEMA,
+        )
+        with warehouse.transaction():
+            warehouse.append_arrow(PREDICTION_LOG_TABLE, batch)
+            warehouse.append_arrow(FLUSHES_TABLE, mark)
         spool.delete_through(last_seq)
         written += batch.num_rows
