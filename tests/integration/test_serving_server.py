@@ -448,18 +448,19 @@ def test_the_prediction_log_survives_a_warehouse_outage(deployment):
             load.wait_for(200)
             proxy.cut()
             outage_starts = len(load.answers)
-            time.sleep(3)  # predictions go on while the warehouse is gone
+            # predictions go on while the warehouse is gone, until a flush has failed on it
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _flush_errors(deployment) == 0:
+                time.sleep(0.2)
+            time.sleep(1)
             during = len(load.answers) - outage_starts
-            _, metrics = deployment.get("/metrics")
+            noticed = _flush_errors(deployment)
             proxy.restore()
             load.wait_for(len(load.answers) + 200)
         assert load.failures == []
         assert {a.status for a in load.answers} == {200}
+        assert noticed > 0, f"the outage was not noticed:\n{deployment.server_log()}"
         assert during > 50
-        errors = [
-            line for line in metrics.splitlines() if line.startswith("retailml_prediction_log_flush_errors_total")
-        ]  # fmt: skip
-        assert errors and float(errors[0].split()[-1]) > 0, "the outage was not noticed"
         answered = {a.request_id for a in load.answers}
         warehouse = PostgresWarehouse(conninfo(deployment.settings))  # direct, not proxied
         try:
@@ -477,6 +478,14 @@ def test_the_prediction_log_survives_a_warehouse_outage(deployment):
     finally:
         deployment.stop()
         proxy.close()
+
+
+def _flush_errors(deployment: Deployment) -> float:
+    _, metrics = deployment.get("/metrics")
+    for line in metrics.splitlines():
+        if line.startswith("retailml_prediction_log_flush_errors_total"):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_a_flush_cut_off_during_copy_keeps_the_rows(tmp_path, postgres_server, pg_database):
