@@ -6,8 +6,9 @@
 Prepares a small business the way production runs it: a churn pipeline built by the
 trainer's ``build_pipeline`` (histogram gradient boosting with the largest settings of the
 search space, fit on the synthetic training mart) registered and promoted in a PostgreSQL
-registry (a scratch database, dropped at the end), ``marts.ml_customer_features``
-materialised into the online store (Redis by default, under a key prefix of this run that
+registry (a scratch database, dropped at the end; the server flushes its prediction log
+there every 60 s, the production default), ``marts.ml_customer_features`` materialised
+into the online store (Redis by default, under a key prefix of this run that
 is deleted at the end; ``--store embedded`` for SQLite), and an API key. Then:
 
 1. **ours**: ``gunicorn -c python/retailml/serving/gunicorn.conf.py`` (the project's
@@ -343,7 +344,6 @@ def main(argv: list[str] | None = None) -> None:
                     "online_store": args.store,
                     "redis_prefix": f"bench-serving-{uuid.uuid4().hex[:8]}",
                     "api_port": free_port(),
-                    "prediction_log_flush_s": 10.0,
                 }
             )
             try:
@@ -403,7 +403,6 @@ def _run(
         "RETAILML_API_THREADS": str(args.threads),
         "RETAILML_API_ACCESS_LOG": "-" if args.access_log else "off",
         "RETAILML_API_LOG_LEVEL": "warning",
-        "RETAILML_PREDICTION_LOG_FLUSH_S": str(settings.prediction_log_flush_s),
     }
     port = settings.api_port
     url = f"http://127.0.0.1:{port}"
@@ -482,10 +481,18 @@ def _run(
                 threads=args.wrk_threads)  # fmt: skip
         naive_result = run_wrk(wrk, naive_url, script, seconds=args.duration,
                                connections=args.connections, threads=args.wrk_threads)  # fmt: skip
-        say(f"naive: {naive_result['requests']:.0f} requests, {naive_result['errors']:.0f} errors")
+        say(
+            f"naive: {naive_result['requests']:.0f} requests, {naive_result['errors']:.0f} errors,"
+            f" load average after {os.getloadavg()[0]:.2f}"
+        )
         stop(naive)
 
     errors = int(ours_result["errors"] + non_200 + max(0.0, served - logged))
+    say(
+        f"setup: {args.store} online store, {args.family}, gunicorn {args.workers} workers x "
+        f"{args.threads} threads, wrk {args.wrk_threads} thread x {args.connections} connections, "
+        f"{args.duration} s per server"
+    )
     return {
         "rps": round(ours_result["rps"], 1),
         "p50_ms": round(ours_result["p50_us"] / 1000, 2),
