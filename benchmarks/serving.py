@@ -443,7 +443,11 @@ def _run(
     spooled = PredictionSpool(prediction_spool_path(settings)).count()
     warehouse = PostgresWarehouse(conninfo(settings))
     try:
-        flushed = warehouse.scalar(f"select count(*) from {PREDICTION_LOG_TABLE}") or 0
+        flushed = (
+            warehouse.scalar(f"select count(*) from {PREDICTION_LOG_TABLE}") or 0
+            if warehouse.columns(PREDICTION_LOG_TABLE)
+            else 0  # no flush round yet (every 60 s)
+        )
     finally:
         warehouse.close()
     logged = spooled + int(flushed)
