@@ -76,9 +76,24 @@ class Settings(BaseSettings):
     model_encryption_key: SecretStr | None = None
     online_store: Literal["embedded", "redis"] = "embedded"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = Field(
+        "retailml", description="Key prefix of the online store in Redis (one per deployment)"
+    )
     api_keys_file: Path | None = Field(None, description="Default: <data_dir>/api_keys.json")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_model_refresh_s: float = Field(
+        30.0, description="How often the API checks the registry for a new production model"
+    )
+    prediction_log_flush_s: float | None = Field(
+        None,
+        description="How often the API moves its spooled predictions to the warehouse "
+        "(0: never, `retailml monitor` does; default: 60 s, or 0 on embedded DuckDB)",
+    )
+    prediction_log_fsync: bool = Field(
+        False,
+        description="fsync every spooled batch of predictions (survives power loss, costs CPU)",
+    )
 
     # -- derived locations ------------------------------------------------------------
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,21 +57,29 @@ def forecasts(category: str, days: int, model_version: int, level: float) -> pa.
 
 # -- fixtures ----------------------------------------------------------------------------
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+def redis_prefix() -> str:
+    """A key prefix of this test's own: the Redis server is shared, nothing else is touched."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
     try:
         client.ping()
     except redis.RedisError as exc:
         pytest.fail(f"Redis at {redis_url} does not answer: {exc}", pytrace=False)
-    client.flushdb()
     yield client
-    client.flushdb()
+    for key in client.scan_iter(f"{redis_prefix}:*"):
+        client.delete(key)
     client.close()
 
 
 @pytest.fixture
-def redis_store(redis_url: str, redis_client: redis.Redis) -> Iterator[RedisOnlineStore]:
-    store = RedisOnlineStore(redis_url, prefix="test", chunk_rows=3)
+def redis_store(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> Iterator[RedisOnlineStore]:
+    store = RedisOnlineStore(redis_url, prefix=redis_prefix, chunk_rows=3)
     yield store
     store.close()
 
@@ -196,19 +205,45 @@ def test_readers_see_the_old_or_the_new_set_during_a_replace(store):
 
 # -- Redis specifics ---------------------------------------------------------------------
 @pytest.mark.redis
-def test_redis_swaps_versions_and_retires_the_old_one(redis_store, redis_client):
+def test_redis_swaps_versions_and_retires_the_old_one(redis_store, redis_client, redis_prefix):
     redis_store.put_customer_features(customers(["A"]))
     first = redis_store.current_version("features")
     redis_store.put_customer_features(customers(["B"]))
     second = redis_store.current_version("features")
     assert first != second
-    assert redis_client.ttl(f"test:features:{second}") == -1  # live: no expiry
-    assert 0 < redis_client.ttl(f"test:features:{first}") <= redis_store.retire_s
-    assert redis_client.hget(f"test:features:{first}", "A") is not None  # still readable
+    assert redis_client.ttl(f"{redis_prefix}:features:{second}") == -1  # live: no expiry
+    assert 0 < redis_client.ttl(f"{redis_prefix}:features:{first}") <= redis_store.retire_s
+    assert redis_client.hget(f"{redis_prefix}:features:{first}", "A") is not None  # readable
 
 
 @pytest.mark.redis
-def test_redis_failed_write_leaves_only_an_expiring_staging_hash(redis_store, redis_client):
+def test_redis_readers_cache_the_pointer_and_see_a_new_set_soon(
+    redis_url, redis_store, redis_client, redis_prefix
+):
+    """Another process (a second API worker) reads with one round trip per lookup and sees
+    a new materialisation within ``pointer_ttl_s``; an id only the new set has is found
+    at once (a miss re-reads the pointer)."""
+    redis_store.put_customer_features(customers(["A"], recency=1.0))
+    reader = RedisOnlineStore(redis_url, prefix=redis_prefix, pointer_ttl_s=30.0)
+    try:
+        assert reader.get_customer_features("A")["recency_days"] == 1.0
+        redis_store.put_customer_features(customers(["A", "B"], recency=2.0))
+        # the cached pointer still serves the previous set (retired, not yet expired) ...
+        assert reader.get_customer_features("A")["recency_days"] == 1.0
+        # ... and a miss looks for a newer set before answering "unknown"
+        assert reader.get_customer_features("B")["recency_days"] == 2.0
+        assert reader.get_customer_features("A")["recency_days"] == 2.0
+        assert reader.get_customer_features("nobody") is None
+    finally:
+        reader.close()
+    with pytest.raises(ValueError, match="retire_s"):
+        RedisOnlineStore(redis_url, pointer_ttl_s=500.0)
+
+
+@pytest.mark.redis
+def test_redis_failed_write_leaves_only_an_expiring_staging_hash(
+    redis_store, redis_client, redis_prefix
+):
     redis_store.put_customer_features(customers(["A"]))
     live = redis_store.current_version("features")
 
@@ -221,8 +256,8 @@ def test_redis_failed_write_leaves_only_an_expiring_staging_hash(redis_store, re
     assert redis_store.current_version("features") == live
     staging = [
         k.decode()
-        for k in redis_client.scan_iter("test:features:v*")
-        if k.decode() != f"test:features:{live}"
+        for k in redis_client.scan_iter(f"{redis_prefix}:features:v*")
+        if k.decode() != f"{redis_prefix}:features:{live}"
     ]
     assert staging, "the partial write should be visible as a staging hash"
     assert all(0 < redis_client.ttl(k) <= redis_store.staging_ttl_s for k in staging)

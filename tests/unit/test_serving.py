@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +17,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from retailml.config import Settings
-from retailml.features.online_store import EmbeddedOnlineStore, OnlineStoreError
-from retailml.features.spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+from retailml.features.online_store import EmbeddedOnlineStore
+from retailml.features.spec import FEATURES, NUMERIC_FEATURES
 from retailml.serving import auth
 from retailml.serving.app import create_app
 from retailml.serving.model import ModelHolder, ServedModel, reference_values
 from retailml.serving.prediction_log import (
-    PREDICTION_LOG_SCHEMA,
     PREDICTION_LOG_TABLE,
     PredictionSpool,
     flush_prediction_log,
@@ -38,67 +33,13 @@ from retailml.serving.prediction_log import (
 )
 from retailml.serving.server import gunicorn_options
 from retailml.warehouse.duckdb import DuckDBWarehouse
-
-COUNTRIES = ("NL", "DE", "BE", "FR")
-TIERS = ("bronze", "silver", "gold")
-CHANNELS = ("web", "app", "marketplace")
-
-
-# -- a real model ------------------------------------------------------------------------
-def synthetic_features(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(
-        {
-            "recency_days": rng.integers(0, 365, n).astype(float),
-            "frequency_90d": rng.poisson(2, n).astype(float),
-            "monetary_90d": rng.gamma(2.0, 40.0, n),
-            "frequency_365d": rng.poisson(6, n).astype(float),
-            "monetary_365d": rng.gamma(2.0, 150.0, n),
-            "avg_order_value_365d": rng.gamma(2.0, 25.0, n),
-            "return_rate_365d": rng.uniform(0, 0.4, n),
-            "tenure_days": rng.integers(30, 2000, n).astype(float),
-            "distinct_categories_365d": rng.integers(0, 8, n).astype(float),
-            "country": rng.choice(COUNTRIES, n),
-            "loyalty_tier": rng.choice(TIERS, n),
-            "signup_channel": rng.choice(CHANNELS, n),
-        }
-    )
-    return frame[list(FEATURES)]
-
-
-def train_pipeline(seed: int = 0) -> Pipeline:
-    frame = synthetic_features(600, seed)
-    rng = np.random.default_rng(seed + 1)
-    logit = (frame["recency_days"] - 150) / 40 - frame["frequency_90d"] * 0.5
-    label = (rng.uniform(size=len(frame)) < 1 / (1 + np.exp(-logit))).astype(int)
-    pipeline = Pipeline(
-        [
-            (
-                "preprocess",
-                ColumnTransformer(
-                    [
-                        (
-                            "num",
-                            Pipeline(
-                                [
-                                    ("impute", SimpleImputer(strategy="median")),
-                                    ("scale", StandardScaler()),
-                                ]
-                            ),
-                            list(NUMERIC_FEATURES),
-                        ),
-                        (
-                            "cat",
-                            OneHotEncoder(handle_unknown="ignore"),
-                            list(CATEGORICAL_FEATURES),
-                        ),
-                    ]
-                ),
-            ),
-            ("model", LogisticRegression(max_iter=500, random_state=seed)),
-        ]
-    )
-    return pipeline.fit(frame, label)
+from tests.serving_support import (
+    DownStore,
+    FakeRegistry,
+    OpenAPICheckedClient,
+    synthetic_features,
+    train_pipeline,
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,82 +47,29 @@ def pipeline() -> Pipeline:
     return train_pipeline(0)
 
 
-# -- fakes -------------------------------------------------------------------------------
-@dataclass
-class FakeModelVersion:
-    name: str
-    version: int
-    metrics: dict[str, Any]
-    training_fingerprint: dict[str, Any]
-    created_at: dt.datetime
-    artifact_sha256: str
+@pytest.fixture(autouse=True)
+def _every_response_matches_the_openapi_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``app.test_client()`` of these tests checks each response against the document."""
+    from flask import Flask
+
+    monkeypatch.setattr(Flask, "test_client_class", OpenAPICheckedClient)
 
 
-@dataclass
-class FakeLoadedModel:
-    version: FakeModelVersion
-    model: Any
+@pytest.fixture(autouse=True)
+def _apps_are_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Stop the background threads of every app a test builds."""
+    built: list[Any] = []
+    original = create_app
 
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        app = original(*args, **kwargs)
+        built.append(app)
+        return app
 
-@dataclass
-class FakeRegistry:
-    """Implements ``get`` and ``load`` of the registry API over in-memory versions."""
-
-    versions: dict[int, tuple[FakeModelVersion, Any]] = field(default_factory=dict)
-    production: int | None = None
-    corrupt: set[int] = field(default_factory=set)
-    gate: threading.Event | None = None
-    loads: int = 0
-
-    def publish(self, pipeline: Any, *, promote: bool = True) -> int:
-        version = len(self.versions) + 1
-        mv = FakeModelVersion(
-            name="churn",
-            version=version,
-            metrics={"roc_auc": 0.8 + version / 100},
-            training_fingerprint={"rows": 600, "data_sha256": f"abc{version}"},
-            created_at=dt.datetime(2024, 1, version, tzinfo=dt.UTC),
-            artifact_sha256=f"{version:064x}",
-        )
-        self.versions[version] = (mv, pipeline)
-        if promote:
-            self.production = version
-        return version
-
-    def _resolve(self, name: str, version_or_alias: str) -> int:
-        if name != "churn":
-            raise KeyError(name)
-        if version_or_alias == "production":
-            if self.production is None:
-                raise LookupError("no production version of 'churn'")
-            return self.production
-        return int(version_or_alias)
-
-    def get(self, name: str, version_or_alias: str = "production") -> FakeModelVersion:
-        return self.versions[self._resolve(name, version_or_alias)][0]
-
-    def load(self, name: str, version_or_alias: str = "production") -> FakeLoadedModel:
-        version = self._resolve(name, version_or_alias)
-        if self.gate is not None:
-            assert self.gate.wait(10), "test gate never opened"
-        self.loads += 1
-        if version in self.corrupt:
-            raise ValueError(f"artifact sha256 mismatch for churn v{version}")
-        mv, pipeline = self.versions[version]
-        return FakeLoadedModel(mv, pipeline)
-
-
-class DownStore(EmbeddedOnlineStore):
-    """An online store whose backend does not answer."""
-
-    def ping(self) -> bool:
-        return False
-
-    def get_many(self, ids: Any) -> list[dict[str, Any] | None]:
-        raise OnlineStoreError("connection refused")
-
-    def get_forecast(self, category: str, horizon_days: int) -> list[dict[str, Any]]:
-        raise OnlineStoreError("connection refused")
+    monkeypatch.setitem(globals(), "create_app", tracked)
+    yield
+    for app in built:
+        app.extensions["retailml"].close()
 
 
 # -- fixtures ----------------------------------------------------------------------------
@@ -257,6 +145,7 @@ def tokens(keys_path: Path) -> dict[str, str]:
 
 APP_CONFIG = {
     "RETAILML_MODEL_REFRESH_S": 3600.0,
+    "RETAILML_KEY_RECHECK_S": 0.0,
     "RETAILML_MAX_BATCH": 10,
     "MAX_CONTENT_LENGTH": 16 * 1024,
 }
@@ -272,7 +161,7 @@ def app(settings, registry, store, keys_path, tokens):
         config=APP_CONFIG,
     )
     yield app
-    app.extensions["retailml"].prediction_log.close()
+    app.extensions["retailml"].close()
 
 
 @pytest.fixture
@@ -747,6 +636,8 @@ def test_model_metadata(client, predict, tokens):
         assert body["artifact_sha256"] == f"{1:064x}"
         assert body["created_at"].startswith("2024-01-01")
         assert body["status"]["loaded"] is True
+        assert body["inference"]["path"] == "compiled"
+        assert body["inference"]["estimator"] == "LogisticRegression"
 
 
 def test_admin_reload_picks_up_a_new_version(client, registry, tokens, predict):
@@ -886,14 +777,25 @@ def test_flush_after_a_crash_between_commit_and_delete_adds_no_duplicates(
     app, client, predict, tmp_path
 ):
     spool = _spool_with_rows(app, client, predict)
+    for cid in CUSTOMER_IDS[2:4]:
+        client.post("/v1/churn/score", json={"customer_id": cid}, headers=predict)
+    assert app.extensions["retailml"].prediction_log.flush(10)
     warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb")
+
+    class DiesAfterCommit(PredictionSpool):
+        """The flushing process dies after the warehouse committed, before the delete."""
+
+        def delete_through(self, seq: int) -> None:
+            raise KeyboardInterrupt("killed")
+
     try:
-        # an earlier flush committed both rows to the warehouse, then died before the delete
-        _, batch = spool.read_batch(100)
-        warehouse.create_table(PREDICTION_LOG_TABLE, PREDICTION_LOG_SCHEMA)
-        warehouse.append_arrow(PREDICTION_LOG_TABLE, batch)
-        assert flush_prediction_log(spool, warehouse) == 0
+        with pytest.raises(KeyboardInterrupt):
+            flush_prediction_log(DiesAfterCommit(spool.path), warehouse, batch_rows=2)
         assert warehouse.query_arrow(f"select * from {PREDICTION_LOG_TABLE}").num_rows == 2
+        assert spool.count() == 4  # the committed batch is still spooled too
+        assert flush_prediction_log(spool, warehouse, batch_rows=2) == 2  # only the rest
+        ids = warehouse.query_arrow(f"select request_id from {PREDICTION_LOG_TABLE}")
+        assert ids.num_rows == 4 and len(set(ids.column(0).to_pylist())) == 4
         assert spool.count() == 0
     finally:
         warehouse.close()
@@ -977,6 +879,76 @@ def test_create_app_from_settings_with_the_real_registry(settings, store, keys_p
         timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
+
+
+def _register_with_the_real_registry(settings: Settings) -> Any:
+    from retailml import runtime
+
+    registry = runtime.open_registry(settings)
+    try:
+        version = registry.register(
+            "churn",
+            train_pipeline(0),
+            kind="sklearn",
+            params={},
+            metrics={"roc_auc": 0.8},
+            fingerprint={"rows": 600},
+        )
+        registry.promote("churn", version.version, metric="roc_auc")
+    finally:
+        registry.warehouse.close()
+    return version
+
+
+def test_a_tampered_artifact_is_never_loaded(settings, store, keys_path, tokens):
+    """The served artifact must hash to the registry's sha256: one changed byte on disk and
+    the app stays unready instead of deserialising it."""
+    from urllib.parse import urlparse
+
+    version = _register_with_the_real_registry(settings)
+    artifact = Path(urlparse(version.artifact_uri).path)
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    app = create_app(
+        settings,
+        online_store=store,
+        key_store_path=keys_path,
+        config={**APP_CONFIG, "RETAILML_PREDICTION_LOG": False},
+    )
+    client = app.test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "sha256" in ready.get_json()["checks"]["model"]["last_error"]
+    scored = client.post(
+        "/v1/churn/score", json={"features": record(0)}, headers=bearer(tokens["predict"])
+    )
+    assert scored.status_code == 503
+
+
+def test_an_encrypted_artifact_is_served_only_with_the_key(settings, store, keys_path, tokens):
+    from urllib.parse import urlparse
+
+    from cryptography.fernet import Fernet
+    from pydantic import SecretStr
+
+    key = Fernet.generate_key().decode()
+    encrypted = settings.model_copy(update={"model_encryption_key": SecretStr(key)})
+    version = _register_with_the_real_registry(encrypted)
+    stored = Path(urlparse(version.artifact_uri).path).read_bytes()
+    assert not stored.startswith(b"PK")  # not a readable skops (zip) file at rest
+    config = {**APP_CONFIG, "RETAILML_PREDICTION_LOG": False}
+    with_key = create_app(encrypted, online_store=store, key_store_path=keys_path, config=config)
+    client = with_key.test_client()
+    assert client.get("/readyz").status_code == 200
+    scored = client.post(
+        "/v1/churn/score", json={"features": record(0)}, headers=bearer(tokens["predict"])
+    )
+    assert scored.status_code == 200
+    without = create_app(settings, online_store=store, key_store_path=keys_path, config=config)
+    ready = without.test_client().get("/readyz")
+    assert ready.status_code == 503
+    assert "encryption key" in ready.get_json()["checks"]["model"]["last_error"]
 
 
 def test_short_lived_registry_retries_the_open_and_closes_the_warehouse(registry):

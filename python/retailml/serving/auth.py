@@ -14,10 +14,12 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,15 +164,25 @@ def list_keys(path: Path | str) -> list[ApiKey]:
 
 
 class KeyStore:
-    """Verifies tokens against the key file, re-reading it when its mtime or size changes."""
+    """Verifies tokens against the key file, re-reading it when its mtime or size changes.
 
-    def __init__(self, path: Path | str) -> None:
+    The file is checked at most every ``recheck_s`` seconds (a ``stat``), so a new or
+    revoked key takes effect within that time without a restart.
+    """
+
+    def __init__(self, path: Path | str, *, recheck_s: float = 1.0) -> None:
         self.path = Path(path)
+        self.recheck_s = recheck_s
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
+        self._checked = -math.inf
         self._keys: dict[str, ApiKey] = {}
 
     def _current(self) -> dict[str, ApiKey]:
+        now = time.monotonic()
+        if now - self._checked < self.recheck_s:
+            return self._keys
+        self._checked = now
         try:
             st = self.path.stat()
             stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)

@@ -6,7 +6,11 @@ or ``retailml serve`` (which loads this file). Environment:
 
 - ``RETAILML_API_HOST`` / ``RETAILML_API_PORT`` (settings) or ``RETAILML_API_BIND``;
 - ``RETAILML_API_WORKERS`` (default 2), ``RETAILML_API_THREADS`` (default 4, gthread);
-- ``RETAILML_API_TIMEOUT`` (default 30 s).
+- ``RETAILML_API_TIMEOUT`` (default 30 s), ``RETAILML_API_MAX_REQUESTS`` (default 0: workers
+  are not recycled);
+- ``RETAILML_API_ACCESS_LOG``: where the access log goes (default ``-``, stdout; ``off``
+  for none, e.g. when the load balancer keeps one: every prediction is in the prediction
+  log anyway).
 
 Each worker is one process with one BLAS/OpenMP thread: scoring is small and the workers
 already use the cores, so more threads per worker only oversubscribe them.
@@ -33,14 +37,23 @@ timeout = int(os.environ.get("RETAILML_API_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
 preload_app = False  # each worker builds its own app, clients and model after the fork
-max_requests = 20_000
-max_requests_jitter = 2_000
+# Recycling workers is off by default: a new worker loads and verifies the model before it
+# serves, which costs capacity for a second or so. Set it if memory grows in production.
+max_requests = int(os.environ.get("RETAILML_API_MAX_REQUESTS", "0"))
+max_requests_jitter = max_requests // 10
 limit_request_line = 4094
 limit_request_fields = 50
-accesslog = "-"
+_access = os.environ.get("RETAILML_API_ACCESS_LOG", "-")
+accesslog = None if _access.lower() in ("", "off", "none") else _access
 errorlog = "-"
 loglevel = os.environ.get("RETAILML_API_LOG_LEVEL", "info")
 proc_name = "retailml-api"
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), so
+# several servers on a host would fight over it: off unless a path is given.
+_control = os.environ.get("RETAILML_API_CONTROL_SOCKET")
+control_socket_disable = not _control
+if _control:
+    control_socket = _control
 
 
 def on_starting(server) -> None:
@@ -60,6 +73,15 @@ def on_exit(server) -> None:
     path = getattr(server, "_retailml_metrics_dir", None)
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_exit(server, worker) -> None:
+    """A worker that stops (restart, scale-in, ``max_requests`` recycling) first writes every
+    prediction it accepted to the spool."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("retailml")
+    if state is not None:
+        state.close()
 
 
 def child_exit(server, worker) -> None:

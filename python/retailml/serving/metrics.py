@@ -8,6 +8,7 @@ Under gunicorn with several workers ``PROMETHEUS_MULTIPROC_DIR`` is set (see
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +26,7 @@ class ServingMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "retailml_http_requests",
@@ -57,6 +59,29 @@ class ServingMetrics:
             "Predictions that could not be written to the prediction log spool.",
             registry=self.registry,
         )
+        self.prediction_log_flushed = Counter(
+            "retailml_prediction_log_flushed",
+            "Spooled predictions moved into the warehouse by this server.",
+            registry=self.registry,
+        )
+        self.prediction_log_flush_errors = Counter(
+            "retailml_prediction_log_flush_errors",
+            "Failed rounds of moving spooled predictions into the warehouse.",
+            registry=self.registry,
+        )
+
+    def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        """Count a request and its latency (label children cached: this runs per request)."""
+        key = (method, endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, endpoint, str(status)),
+                self.latency.labels(method, endpoint),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The exposition text (all workers' metrics in multiprocess mode)."""

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,14 @@ import pandas as pd
 
 from ..features.spec import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 from ..filelock import exclusive_lock
+from .compiled import (
+    VERIFY_TOLERANCE,
+    CompiledPipeline,
+    Delegate,
+    Unsupported,
+    compile_pipeline,
+    probe_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +186,23 @@ class ServedModel:
     loaded_at: str
     reference: dict[str, Any] = field(default_factory=dict)
     positive_index: int = -1
+    compiled: CompiledPipeline | None = None
+    inference: dict[str, Any] = field(default_factory=lambda: {"path": "pipeline"})
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModelLike) -> ServedModel:
+    def from_loaded(cls, loaded: LoadedModelLike, *, fast_path: bool = True) -> ServedModel:
         mv, pipeline = loaded.version, loaded.model
         if not callable(getattr(pipeline, "predict_proba", None)):
             raise TypeError(f"{mv.name} v{mv.version} is not a classifier with predict_proba")
         classes = list(getattr(pipeline, "classes_", []))
         positive = next((i for i, c in enumerate(classes) if c in (1, True, "1", "true")), -1)
         fingerprint = dict(mv.training_fingerprint or {})
+        reference = reference_values(pipeline, fingerprint)
+        compiled, inference = (
+            compile_verified(pipeline, reference)
+            if fast_path
+            else (None, {"path": "pipeline", "reason": "compilation disabled"})
+        )
         return cls(
             name=mv.name,
             version=int(mv.version),
@@ -195,8 +212,10 @@ class ServedModel:
             created_at=mv.created_at,
             artifact_sha256=mv.artifact_sha256,
             loaded_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            reference=reference_values(pipeline, fingerprint),
+            reference=reference,
             positive_index=positive,
+            compiled=compiled,
+            inference=inference,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -209,12 +228,25 @@ class ServedModel:
                 "loaded_at": self.loaded_at,
                 "metrics": self.metrics,
                 "training_fingerprint": self.training_fingerprint,
+                "inference": self.inference,
             }
         )
 
-    def _proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def _proba(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        proba = None
+        if self.compiled is not None:
+            try:
+                proba = self.compiled.predict_proba(records)
+            except Delegate:
+                proba = None  # this call's records need the pipeline's own handling
+            except Exception:  # a defect of the compiled path must not fail the request
+                log.exception(
+                    "compiled path of %s v%s failed; using the pipeline", self.name, self.version
+                )
+                proba = None
         try:
-            proba = self.pipeline.predict_proba(frame)
+            if proba is None:
+                proba = self.pipeline.predict_proba(to_frame(records))
         except Exception as exc:  # the pipeline's own validation (e.g. NaN without imputer)
             raise PredictionError(
                 f"model {self.name} v{self.version} could not score: {exc}"
@@ -226,7 +258,7 @@ class ServedModel:
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> list[float]:
         """Churn probability per feature record (records hold every feature in FEATURES)."""
-        return [float(p) for p in self._proba(to_frame(records))]
+        return self._proba(records).tolist()
 
     def explain(self, records: Sequence[Mapping[str, Any]], top: int = 5) -> list[list[dict]]:
         """Top contributions per record: score minus the score with the feature at its reference.
@@ -241,7 +273,7 @@ class ServedModel:
             rows.append(dict(record))
             for f in features:
                 rows.append({**record, f: self.reference[f]})
-        proba = self._proba(to_frame(rows))
+        proba = self._proba(rows)
         width = 1 + len(features)
         out: list[list[dict]] = []
         for i, record in enumerate(records):
@@ -258,6 +290,40 @@ class ServedModel:
             contributions.sort(key=lambda c: abs(c["contribution"]), reverse=True)
             out.append(contributions[:top])
         return out
+
+
+def compile_verified(
+    pipeline: Any, reference: Mapping[str, Any]
+) -> tuple[CompiledPipeline | None, dict[str, Any]]:
+    """The compiled fast path of ``pipeline`` if it scores probe records like the pipeline
+    (within :data:`~retailml.serving.compiled.VERIFY_TOLERANCE`), and what serves and why."""
+    estimator = type(getattr(pipeline, "steps", [[None, pipeline]])[-1][1]).__name__
+    try:
+        compiled = compile_pipeline(pipeline, NUMERIC_FEATURES, CATEGORICAL_FEATURES)
+        probes = probe_records(pipeline, NUMERIC_FEATURES, CATEGORICAL_FEATURES, reference)
+        try:
+            worst = compiled.verify(probes, to_frame)
+        except Exception:
+            # A pipeline that refuses missing values (no imputer) is checked on complete
+            # records; for incomplete ones the compiled path defers to it anyway.
+            probes = [p for p in probes if all(v is not None for v in p.values())]
+            worst = compiled.verify(probes, to_frame)
+    except Unsupported as exc:
+        return None, {"path": "pipeline", "estimator": estimator, "reason": str(exc)}
+    except Exception as exc:  # a pipeline that cannot score the probes: keep it as it is
+        log.warning("compiled path of %s not verified: %s", estimator, exc)
+        reason = f"verification failed: {type(exc).__name__}: {exc}"
+        return None, {"path": "pipeline", "estimator": estimator, "reason": reason}
+    if not worst <= VERIFY_TOLERANCE:
+        log.warning("compiled path of %s differs from the pipeline by %g", estimator, worst)
+        reason = f"compiled scores differ from the pipeline's by {worst:.3g} on probe records"
+        return None, {"path": "pipeline", "estimator": estimator, "reason": reason}
+    return compiled, {
+        "path": "compiled",
+        "estimator": estimator,
+        "verified_records": len(probes),
+        "verified_max_abs_diff": worst,
+    }
 
 
 def to_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -289,6 +355,7 @@ class ModelHolder:
         retry_s: float = 5.0,
         on_swap: Callable[[ServedModel], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fast_path: bool = True,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -296,12 +363,16 @@ class ModelHolder:
         self.refresh_s = refresh_s
         self.retry_s = retry_s
         self.on_swap = on_swap
+        self.fast_path = fast_path
         self._clock = clock
         self._model: ServedModel | None = None
         self._last_check = -math.inf
         self._last_error: str | None = None
         self._lock = threading.Lock()
         self._refreshing: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._watcher_pid: int | None = None
+        self._stop = threading.Event()
 
     # -- reading -----------------------------------------------------------------------
     def current(self) -> ServedModel | None:
@@ -313,6 +384,26 @@ class ModelHolder:
         if self._clock() - self._last_check >= interval:
             self.refresh_async()
         return self._model
+
+    def watch(self) -> None:
+        """Also check from a daemon thread of this process, so a worker that gets no traffic
+        for a while does not answer its next request with a retired version."""
+        with self._lock:
+            alive = self._watcher is not None and self._watcher.is_alive()
+            if alive and self._watcher_pid == os.getpid():
+                return
+            self._watcher_pid = os.getpid()
+            self._stop.clear()
+            self._watcher = threading.Thread(target=self._watch, name="model-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(max(0.05, min(self.refresh_s, self.retry_s))):
+            self.current()
+
+    def close(self) -> None:
+        """Stop the watcher thread (a refresh in progress finishes by itself)."""
+        self._stop.set()
 
     def status(self) -> dict[str, Any]:
         model = self._model
@@ -347,7 +438,8 @@ class ModelHolder:
             if served is not None and int(latest.version) == served.version:
                 self._last_error = None
                 return served
-            model = ServedModel.from_loaded(self.registry.load(self.name, self.alias))
+            loaded = self.registry.load(self.name, self.alias)
+            model = ServedModel.from_loaded(loaded, fast_path=self.fast_path)
         except Exception as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             log.warning("cannot load model %s@%s: %s", self.name, self.alias, self._last_error)

@@ -15,7 +15,7 @@ from .auth import KeyStore, bearer_token
 from .errors import ApiError
 from .metrics import ServingMetrics
 from .model import ModelHolder
-from .prediction_log import PredictionLogger
+from .prediction_log import PredictionLogFlusher, PredictionLogger
 
 EXTENSION = "retailml"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,6 +29,15 @@ class ServingState:
     keys: KeyStore
     metrics: ServingMetrics
     prediction_log: PredictionLogger | None
+    flusher: PredictionLogFlusher | None = None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued to the spool and stop the background threads."""
+        self.models.close()
+        if self.flusher is not None:
+            self.flusher.close(timeout_s)
+        if self.prediction_log is not None:
+            self.prediction_log.close(timeout_s)
 
 
 def state() -> ServingState:
@@ -64,6 +73,7 @@ def require_scope(*scopes: str) -> Callable[[F], F]:
             g.api_key = key
             return view(*args, **kwargs)
 
+        wrapper.required_scopes = scopes  # type: ignore[attr-defined]  # for the OpenAPI test
         return wrapper  # type: ignore[return-value]
 
     return decorator

@@ -1,9 +1,11 @@
-"""Liveness, readiness and Prometheus metrics (no API key: for probes and scrapers)."""
+"""Liveness, readiness, Prometheus metrics and the OpenAPI document (no API key: for
+probes, scrapers and client generators)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
+from ..openapi import OPENAPI_PATH, openapi_document
 from ..state import state
 
 bp = Blueprint("health", __name__)
@@ -37,3 +39,9 @@ def readyz() -> tuple[Response, int]:
 def metrics() -> Response:
     st = state()
     return Response(st.metrics.render(), content_type=st.metrics.content_type)
+
+
+@bp.get(OPENAPI_PATH)
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this app (limits as configured)."""
+    return jsonify(openapi_document(current_app.config))
