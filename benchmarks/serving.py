@@ -16,8 +16,9 @@ is deleted at the end; ``--store embedded`` for SQLite), and an API key. Then:
    ``POST /v1/churn/score`` with a random customer id per request (a wrk Lua script over
    ids from the store): bearer-key check, online-store lookup, compiled inference path,
    prediction log (spooled; the server's own flusher moves it to PostgreSQL) all included;
-2. **naive**: a bare Flask app under gunicorn with the same worker class and counts and
-   ``OMP_NUM_THREADS=1`` that reads the same features from the same store, builds a
+2. **naive**: a bare Flask app under gunicorn with the same worker count, gunicorn's
+   default sync workers (``--naive-worker-class gthread`` for the same threads as ours) and
+   ``OMP_NUM_THREADS=1``, that reads the same features from the same store, builds a
    one-row DataFrame and calls the pipeline's ``predict_proba`` (no key, no log).
 
 Each run is preceded by a short warm-up. ``errors`` counts socket errors and non-2xx
@@ -320,6 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (both servers)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--worker-class", choices=["gthread", "sync"], default="gthread", help="ours"
+    )
+    parser.add_argument(
+        "--naive-worker-class",
+        choices=["gthread", "sync"],
+        default="sync",
+        help="the naive server's (gunicorn's default, sync, is what a bare app gets)",
+    )
     parser.add_argument("--customers", type=int, default=20_000, help="customers in the store")
     parser.add_argument("--train-customers", type=int, default=3_000)
     parser.add_argument("--family", choices=sorted(FAMILY_PARAMS), default="hist_gradient_boosting")
@@ -401,6 +411,7 @@ def _run(
     common = {
         "RETAILML_API_WORKERS": str(args.workers),
         "RETAILML_API_THREADS": str(args.threads),
+        "RETAILML_API_WORKER_CLASS": args.worker_class,
         "RETAILML_API_ACCESS_LOG": "-" if args.access_log else "off",
         "RETAILML_API_LOG_LEVEL": "warning",
     }
@@ -423,7 +434,10 @@ def _run(
         )
     ) as response:
         inference = json.load(response)["inference"]
-    say(f"ours: gunicorn, {args.workers} workers x {args.threads} threads; inference {inference}")
+    say(
+        f"ours: gunicorn, {args.workers} {args.worker_class} workers x {args.threads} threads; "
+        f"inference {inference}"
+    )
     run_wrk(wrk, f"{url}/v1/churn/score", script, seconds=args.warmup,
             connections=args.connections, threads=args.wrk_threads)  # fmt: skip
     before = served_statuses(f"{url}/metrics", "/v1/churn/score")
@@ -468,11 +482,13 @@ def _run(
                 "NAIVE_STORE_PATH": str(settings.data_dir / "online_store.sqlite3"),
             },
         )
+        # gunicorn turns sync workers with threads > 1 into gthread ones
+        naive_threads = args.threads if args.naive_worker_class == "gthread" else 1
         naive = subprocess.Popen(
             [
                 sys.executable, "-m", "gunicorn", "--chdir", str(tmp),
-                "-b", f"127.0.0.1:{naive_port}", "-w", str(args.workers), "-k", "gthread",
-                "--threads", str(args.threads), "--log-level", "warning", "--no-control-socket",
+                "-b", f"127.0.0.1:{naive_port}", "-w", str(args.workers),
+                "-k", args.naive_worker_class, "--threads", str(naive_threads), "--log-level", "warning", "--no-control-socket",
                 *(["--access-logfile", "-"] if args.access_log else []),
                 "naive_app:create()",
             ],
@@ -493,8 +509,9 @@ def _run(
 
     errors = int(ours_result["errors"] + non_200 + max(0.0, served - logged))
     say(
-        f"setup: {args.store} online store, {args.family}, gunicorn {args.workers} workers x "
-        f"{args.threads} threads, wrk {args.wrk_threads} thread x {args.connections} connections, "
+        f"setup: {args.store} online store, {args.family}, gunicorn {args.workers} "
+        f"{args.worker_class} workers x {args.threads} threads (naive: "
+        f"{args.naive_worker_class}), wrk {args.wrk_threads} thread x {args.connections} connections, "
         f"{args.duration} s per server"
     )
     return {
