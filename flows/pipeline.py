@@ -361,7 +361,9 @@ def monitor_flow(
     with exclusive(settings, lock_wait_seconds):
         report = pipeline.monitor(settings, progress=_logger_progress())
     create_markdown_artifact(
-        key="drift-report", markdown=report.markdown(), description="drift of the features"
+        key="drift-report",
+        markdown=report.markdown(),
+        description="drift of the features and the served scores, realized performance",
     )
     return report
 

@@ -68,6 +68,30 @@ class Settings(BaseSettings):
         "promoted (unset: no fairness gate)",
     )
 
+    # -- monitoring
+    drift_bins: int = Field(
+        10, ge=2, le=100, description="Quantile bins of the drift reference stored with a model"
+    )
+    drift_alpha: float = Field(
+        0.01, gt=0, lt=1, description="False discovery rate of the drift verdict (BH)"
+    )
+    drift_psi_threshold: float = Field(0.2, gt=0, description="PSI from which a feature drifts")
+    drift_wasserstein_threshold: float = Field(
+        0.2, gt=0, description="Wasserstein distance over the reference sd from which it drifts"
+    )
+    drift_js_threshold: float = Field(
+        0.1, gt=0, description="Jensen-Shannon distance from which a categorical drifts"
+    )
+    drift_new_category_share: float = Field(
+        0.005, gt=0, description="Share of rows in categories unseen in training that drifts"
+    )
+    drift_prediction_window_days: int = Field(
+        7, ge=1, description="Days of logged predictions compared with the scores' reference"
+    )
+    performance_max_auc_drop: float = Field(
+        0.05, gt=0, description="Realized AUC this far below training AUC is decay"
+    )
+
     # -- models and serving
     model_store: str | None = Field(
         None,

@@ -261,6 +261,7 @@ def train(
                 dbt_manifest=dbt_manifest,
                 max_fairness_gap=settings.churn_max_fairness_gap,
                 margin=margin,
+                drift_bins=settings.drift_bins,
             )
             progress(f"trained {describe(results['churn'])}")
         if "demand" in models:
@@ -360,17 +361,43 @@ def materialize(settings: Settings, progress: Progress = _quiet) -> int:
     return rows
 
 
+def drift_thresholds(settings: Settings) -> Any:
+    from .monitoring.drift import DriftThresholds
+
+    return DriftThresholds(
+        alpha=settings.drift_alpha,
+        psi=settings.drift_psi_threshold,
+        wasserstein=settings.drift_wasserstein_threshold,
+        js=settings.drift_js_threshold,
+        new_category_share=settings.drift_new_category_share,
+    )
+
+
 def monitor(settings: Settings, progress: Progress = _quiet) -> Any:
-    """Drift check of the current features against the production model's reference."""
-    from .monitoring.drift import check_drift
+    """Drift of the current features and the served scores against the production model's
+    reference, realized performance where labels have matured, charts of what moved."""
+    from .monitoring.monitor import run_monitor
     from .serving.prediction_log import flush_prediction_log, open_spool
 
+    run_at = datetime.now(UTC)
+    charts_dir = settings.data_dir / "monitoring" / run_at.strftime("%Y%m%dT%H%M%SZ")
     with _warehouse(settings) as warehouse:
         flushed = flush_prediction_log(open_spool(settings), warehouse)
         progress(f"moved {flushed} logged predictions into the warehouse")
         registry = runtime.open_registry(settings, warehouse)
-        report = check_drift(warehouse, registry)
-    progress(f"drift: {describe(report)}")
+        report = run_monitor(
+            warehouse,
+            registry,
+            horizon_days=settings.churn_horizon_days,
+            thresholds=drift_thresholds(settings),
+            prediction_window_days=settings.drift_prediction_window_days,
+            auc_drop=settings.performance_max_auc_drop,
+            charts_dir=charts_dir,
+            run_at=run_at,
+        )
+    progress(f"monitor: {describe(report)}")
+    if report.charts:
+        progress(f"{len(report.charts)} charts in {charts_dir}")
     return report
 
 

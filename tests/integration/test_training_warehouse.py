@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from retailml.features.spec import (
@@ -120,15 +121,72 @@ def test_churn_train_gate_score_and_drift(warehouse: Warehouse, registry: ModelR
     # Drift: none on a fresh sample of the same population, flagged on a shifted one.
     calm = check_drift(warehouse, registry)
     assert calm.model_version == result.version.version and not calm.drifted_features
+    assert calm.predictions is None and "no prediction log" in calm.prediction_note
     warehouse.replace_arrow(CUSTOMER_FEATURES_TABLE, make_customer_features(1_500, drift=True))
-    shifted = check_drift(warehouse, registry, dataset_threshold=0.1)
+    shifted = check_drift(warehouse, registry)
     assert {"recency_days", "country"} <= set(shifted.drifted_features) and shifted.is_drifted
+    assert shifted.needs_retraining and any("country" in r for r in shifted.reasons)
     rows = warehouse.query_arrow(
-        f"select feature, statistic, value, is_drifted from {DRIFT_RESULTS_TABLE}"
+        f"select feature, kind, statistic, value, p_adjusted, is_drifted, current_rows "
+        f"from {DRIFT_RESULTS_TABLE}"
     ).to_pylist()
     assert len(rows) == 2 * (len(FEATURES) + 1)
-    assert all(np.isfinite(r["value"]) for r in rows)
+    assert all(
+        np.isfinite(r["value"]) and 0 <= r["p_adjusted"] <= 1
+        for r in rows
+        if r["kind"] != "dataset"
+    )
     assert sum(r["feature"] == "__dataset__" and r["is_drifted"] for r in rows) == 1
+    assert {r["current_rows"] for r in rows} == {1_500}
+
+    # Prediction drift: the scores served for this version against its training scores.
+    _log_predictions(
+        warehouse, registry, result.version.version, make_customer_features(400, seed=5)
+    )
+    served = check_drift(warehouse, registry)
+    assert served.predictions is not None and served.predictions.current_rows == 400
+    assert served.predictions.kind == "prediction" and served.predictions.psi is not None
+    _log_predictions(
+        warehouse, registry, result.version.version, make_customer_features(400, seed=6), 0.95
+    )
+    skewed = check_drift(warehouse, registry)
+    assert skewed.prediction_drifted and any(r.startswith("served scores") for r in skewed.reasons)
+
+
+def _log_predictions(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    version: int,
+    features: pa.Table,
+    score: float | None = None,
+) -> None:
+    """Rows in the prediction log as the API writes them: the production model's scores
+    (or a constant ``score``, a model gone wrong), just now."""
+    from datetime import UTC, datetime
+
+    from retailml.serving.prediction_log import PREDICTION_LOG_SCHEMA, PREDICTION_LOG_TABLE
+
+    model = registry.load("churn", version).model
+    frame = feature_frame(features.select(list(FEATURES)).to_pandas())
+    scores = model.predict_proba(frame)[:, 1] if score is None else np.full(len(frame), score)
+    n = len(frame)
+    now = datetime.now(UTC)
+    warehouse.replace_arrow(
+        PREDICTION_LOG_TABLE,
+        pa.table(
+            {
+                "request_id": [f"r{i}" for i in range(n)],
+                "predicted_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+                "model_name": ["churn"] * n,
+                "model_version": pa.array([version] * n, pa.int64()),
+                "customer_id": features.column("customer_id"),
+                "features": ["{}"] * n,
+                "score": pa.array(scores, pa.float64()),
+                "latency_ms": pa.array([1.0] * n, pa.float64()),
+            },
+            schema=PREDICTION_LOG_SCHEMA,
+        ),
+    )
 
 
 def test_retraining_goes_through_the_gate(warehouse: Warehouse, registry: ModelRegistry) -> None:
@@ -222,3 +280,26 @@ def test_fingerprint_is_the_same_on_duckdb_and_postgres(
         )
         wh.close()
     assert fingerprints[0]["content_sha256"] == fingerprints[1]["content_sha256"]
+
+
+def test_a_monitor_run_writes_its_tables_and_charts_what_drifted(
+    warehouse: Warehouse, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    from retailml.monitoring.monitor import run_monitor
+    from retailml.monitoring.performance import PERFORMANCE_TABLE
+
+    _load_marts(warehouse)
+    train_churn(warehouse, registry, horizon_days=HORIZON)
+    score_customers(warehouse, registry)
+    warehouse.replace_arrow(CUSTOMER_FEATURES_TABLE, make_customer_features(1_500, drift=True))
+    report = run_monitor(warehouse, registry, horizon_days=HORIZON, charts_dir=tmp_path / "c")
+    assert report.needs_retraining and report.reasons == report.drift.reasons
+    # the scores are of 2024-06-30, whose labels the mart does not hold: reported, not judged
+    assert not report.performance.needs_retraining and report.performance.message
+    names = {path.name for path in report.charts}
+    assert {f"drift_{f}.png" for f in report.drifted_features} == names
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in report.charts)
+    markdown = report.markdown()
+    assert "## Drift:" in markdown and "## Model performance:" in markdown
+    assert "drift_country.png" in markdown
+    assert not warehouse.table_exists(PERFORMANCE_TABLE)  # nothing matured, nothing written

@@ -1,4 +1,5 @@
-"""Drift statistics on known distributions, and the SQL bins agreeing with the Python bins."""
+"""Drift checks: bins in SQL agree with numpy (the pushdown computes what Python would), the
+reference round-trips through its table, and the dataset verdict on known shifts."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import pytest
 
 from retailml.monitoring.drift import (
     DriftReference,
+    DriftThresholds,
     NumericReference,
     bin_index,
     build_reference,
-    categorical_count_sql,
+    categorical_counts_sql,
     compare,
-    jensen_shannon,
-    numeric_bin_sql,
+    compare_tables,
+    count_arrow,
+    count_current,
     numeric_counts,
-    psi,
+    numeric_counts_sql,
     quantile_edges,
     reference_from_table,
     reference_to_table,
@@ -29,68 +32,7 @@ from retailml.warehouse.duckdb import DuckDBWarehouse
 RNG_SEED = 7
 
 
-def _psi_of_samples(reference: np.ndarray, current: np.ndarray) -> float:
-    edges = quantile_edges(reference, 10)
-    return psi(numeric_counts(reference, edges), numeric_counts(current, edges))
-
-
-# -- PSI ----------------------------------------------------------------------------------
-def test_psi_identical_counts_is_zero() -> None:
-    assert psi([10, 20, 30, 40], [10, 20, 30, 40]) == pytest.approx(0.0, abs=1e-12)
-    assert psi([10, 20, 30, 40], [1, 2, 3, 4]) == pytest.approx(0.0, abs=1e-12)  # same shares
-
-
-def test_psi_same_distribution_is_small_and_shifted_mean_is_large() -> None:
-    rng = np.random.default_rng(RNG_SEED)
-    reference = rng.normal(0.0, 1.0, 20_000)
-    assert _psi_of_samples(reference, rng.normal(0.0, 1.0, 20_000)) < 0.02
-    shifted = _psi_of_samples(reference, rng.normal(1.0, 1.0, 20_000))
-    assert shifted > 0.5
-    # Monotone in the size of the shift.
-    assert _psi_of_samples(reference, rng.normal(0.3, 1.0, 20_000)) < shifted
-
-
-def test_psi_empty_bins_stay_finite() -> None:
-    value = psi([100, 0, 0, 50], [0, 70, 0, 80])
-    assert math.isfinite(value) and value > 1.0
-
-
-def test_psi_is_symmetric_in_shares() -> None:
-    a, b = [30, 30, 40], [50, 25, 25]
-    assert psi(a, b) == pytest.approx(psi(b, a))
-
-
-@pytest.mark.parametrize(
-    ("reference", "current"),
-    [([1, 2], [1, 2, 3]), ([0, 0], [1, 1]), ([1, 1], [0, 0]), ([1, -1], [1, 1])],
-)
-def test_psi_rejects_unusable_counts(reference: list[int], current: list[int]) -> None:
-    with pytest.raises(ValueError):
-        psi(reference, current)
-
-
-# -- Jensen-Shannon -----------------------------------------------------------------------
-def test_js_identical_is_zero_and_disjoint_is_one() -> None:
-    assert jensen_shannon({"a": 5, "b": 5}, {"a": 50, "b": 50}) == pytest.approx(0.0, abs=1e-9)
-    assert jensen_shannon({"a": 5}, {"b": 5}) == pytest.approx(1.0)
-
-
-def test_js_handles_new_and_vanished_categories() -> None:
-    reference = {"NL": 50, "DE": 30, "BE": 20}
-    new_category = jensen_shannon(reference, {"NL": 50, "DE": 30, "BE": 20, "US": 40})
-    vanished = jensen_shannon(reference, {"NL": 60, "DE": 40})
-    for value in (new_category, vanished):
-        assert math.isfinite(value) and 0.0 < value < 1.0
-    # A small new category drifts less than a large one.
-    assert jensen_shannon(reference, {**reference, "US": 2}) < new_category
-
-
-def test_js_rejects_empty_side() -> None:
-    with pytest.raises(ValueError):
-        jensen_shannon({"a": 1}, {})
-
-
-# -- bins: Python and SQL agree -----------------------------------------------------------
+# -- bins ---------------------------------------------------------------------------------
 def test_bin_index_edges_belong_to_the_lower_bin_and_nan_to_the_null_bin() -> None:
     edges = (1.0, 2.0, 3.0)
     values = np.array([0.5, 1.0, 1.5, 2.0, 3.0, 3.5, np.nan])
@@ -98,13 +40,18 @@ def test_bin_index_edges_belong_to_the_lower_bin_and_nan_to_the_null_bin() -> No
     assert numeric_counts(values, edges) == (1, 2, 2, 1, 1)
 
 
-def test_quantile_edges_of_ties_are_distinct() -> None:
+def test_quantile_edges_of_ties_are_distinct_and_the_bin_count_is_a_setting() -> None:
     values = np.array([0.0] * 80 + [1.0] * 10 + [5.0] * 10)
     edges = quantile_edges(values, 10)
     assert list(edges) == sorted(set(edges))
     assert quantile_edges(np.array([np.nan, np.nan]), 10) == ()
+    spread = np.random.default_rng(RNG_SEED).normal(size=10_000)
+    assert len(quantile_edges(spread, 20)) == 19 and len(quantile_edges(spread, 5)) == 4
+    with pytest.raises(ValueError, match="n_bins"):
+        quantile_edges(spread, 1)
 
 
+# -- the warehouse computes what numpy computes ---------------------------------------------
 @pytest.mark.parametrize(
     "values",
     [
@@ -113,58 +60,131 @@ def test_quantile_edges_of_ties_are_distinct() -> None:
         [4.0, 4.0, 4.0, 4.0],
     ],
 )
-def test_sql_bins_match_python_bins(values: list[float | None]) -> None:
+def test_pushdown_counts_and_sums_match_numpy(values: list[float | None]) -> None:
+    table = pa.table(
+        {
+            "x": pa.array(values, pa.float64()),
+            "k": pa.array([int(v) if v is not None else None for v in values], pa.int64()),
+            "c": pa.array([None if v is None else ("a" if v > 0.5 else "b") for v in values]),
+        }
+    )
+    reference = build_reference(table, numeric=("x", "k"), categorical=("c",), n_bins=4)
     warehouse = DuckDBWarehouse(":memory:")
-    warehouse.replace_arrow("marts.t", pa.table({"x": pa.array(values, pa.float64())}))
-    array = np.array([np.nan if v is None else v for v in values])
-    edges = quantile_edges(array, 4)
-    rows = warehouse.query_arrow(numeric_bin_sql("marts.t", "x", edges)).to_pylist()
-    sql_counts = [0] * (len(edges) + 2)
-    for row in rows:
-        sql_counts[row["bin"] + 1] += row["n"]
-    assert tuple(sql_counts) == numeric_counts(array, edges)
+    warehouse.replace_arrow("marts.t", table)
+    pushed = count_current(warehouse, "marts.t", reference)
+    pulled = count_arrow(table, reference)
+    assert pushed.rows == pulled.rows == len(values)
+    assert pushed.numeric == pulled.numeric
+    assert pushed.categorical == pulled.categorical
+    for feature in ("x", "k"):
+        assert pushed.sums[feature] == pytest.approx(pulled.sums[feature], abs=1e-6)
 
 
-def test_categorical_sql_names_nulls() -> None:
+def test_pushdown_filters_the_window_and_handles_an_unseen_category() -> None:
+    reference_rows = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "c": ["a", "a", "b", None]})
+    reference = build_reference(reference_rows, numeric=("x",), categorical=("c",), n_bins=2)
+    current = pa.table(
+        {"x": [1.0, 9.0, 9.0, 2.0], "c": ["a", "new", "new", "b"], "day": [1, 2, 2, 1]}
+    )
     warehouse = DuckDBWarehouse(":memory:")
-    warehouse.replace_arrow("marts.t", pa.table({"c": pa.array(["a", None, "a", "b"])}))
-    rows = warehouse.query_arrow(categorical_count_sql("marts.t", "c")).to_pylist()
-    assert {r["category"]: r["n"] for r in rows} == {"a": 2, "b": 1, "__null__": 1}
+    warehouse.replace_arrow("marts.t", current)
+    counts = count_current(warehouse, "marts.t", reference, where="day = ?", params=[2])
+    assert counts.rows == 2
+    assert counts.categorical == {"c": {"new": 2}}
+    assert counts.numeric["x"] == (0, 0, 2)  # [null, x <= 2.5, x > 2.5]
 
 
-# -- reference and comparison -------------------------------------------------------------
+def test_sql_is_written_for_each_dialect() -> None:
+    reference = DriftReference({"x": NumericReference((1.0,), (0, 1, 1))}, {"c": {"a": 1}})
+    bigquery, _ = numeric_counts_sql("marts.t", reference, dialect="bigquery")
+    assert "as float64)" in bigquery and "double precision" not in bigquery
+    postgres, _ = numeric_counts_sql("marts.t", reference, dialect="postgres")
+    assert "as double precision)" in postgres
+    assert "as string)" in categorical_counts_sql("marts.t", ["c"], dialect="bigquery")
+    assert "grouping sets ((c_0))" in categorical_counts_sql("marts.t", ["c"])
+    broken = DriftReference({"x": NumericReference((math.inf,), (0, 1, 1))}, {})
+    with pytest.raises(Exception, match="not finite"):
+        numeric_counts_sql("marts.t", broken)
+
+
+# -- the reference ------------------------------------------------------------------------
 def test_reference_round_trips_through_its_table() -> None:
-    reference = build_reference(make_customer_features(500, seed=3))
+    data = make_customer_features(500, seed=3)
+    scores = np.linspace(0.0, 1.0, data.num_rows)
+    reference = build_reference(data, scores=scores, n_bins=8)
     table = reference_to_table(reference, "churn", 4)
     assert set(table.column("model_version").to_pylist()) == {4}
     assert reference_from_table(table) == reference
+    assert reference.scores is not None and len(reference.scores.edges) == 7
 
 
-def test_compare_flags_only_shifted_features() -> None:
+def test_reference_rejects_bad_input() -> None:
+    with pytest.raises(Exception, match="zero rows"):
+        build_reference(make_customer_features(10).slice(0, 0))
+    with pytest.raises(Exception, match="lack the features"):
+        build_reference(pa.table({"x": [1.0]}))
+    with pytest.raises(Exception, match="scores for"):
+        build_reference(make_customer_features(10), scores=np.zeros(3))
+
+
+# -- the verdict --------------------------------------------------------------------------
+def test_no_drift_raises_no_alarm_and_a_shift_flags_only_the_shifted_features() -> None:
     reference = build_reference(make_customer_features(4_000, seed=3))
+    calm, features = compare_tables(reference, make_customer_features(4_000, seed=4))
+    assert not calm and not [f.feature for f in features if f.is_drifted]
+    drifted, features = compare_tables(reference, make_customer_features(4_000, seed=4, drift=True))
+    flagged = {f.feature for f in features if f.is_drifted}
+    assert drifted and {"recency_days", "country"} <= flagged
+    assert "tenure_days" not in flagged
+    country = next(f for f in features if f.feature == "country")
+    assert "unseen: US" in country.note
+    for f in features:
+        assert all(math.isfinite(v) for v in (f.value, f.p_value, f.p_adjusted) if v is not None)
 
-    def current_counts(source: pa.Table) -> tuple[dict, dict]:
-        numeric = {
-            name: numeric_counts(
-                np.asarray(source.column(name).to_numpy(zero_copy_only=False), dtype=float),
-                ref.edges,
-            )
-            for name, ref in reference.numeric.items()
-        }
-        return numeric, build_reference(source).categorical
 
-    no_drift = compare(reference, *current_counts(make_customer_features(4_000, seed=4)))
-    assert not [f.feature for f in no_drift if f.is_drifted]
-    with_drift = compare(
-        reference, *current_counts(make_customer_features(4_000, seed=4, drift=True))
+def test_a_tiny_shift_in_a_huge_window_is_significant_but_not_material() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    reference = build_reference(
+        pa.table({"x": rng.normal(0.0, 1.0, 50_000)}), numeric=("x",), categorical=()
     )
-    flagged = {f.feature for f in with_drift if f.is_drifted}
-    assert {"recency_days", "country"} <= flagged
-    assert all(math.isfinite(f.value) for f in with_drift)
+    current = pa.table({"x": rng.normal(0.03, 1.0, 1_000_000)})
+    alarm, [feature] = compare_tables(reference, current)
+    assert feature.p_adjusted < 1e-6  # the test sees it...
+    assert not feature.is_drifted and not alarm  # ...the effect size says it does not matter
 
 
-def test_numeric_reference_layout() -> None:
-    ref = NumericReference(edges=(1.0,), counts=(0, 3, 4))
-    table = reference_to_table(DriftReference({"x": ref}, {}), "m", 1)
-    assert table.column("bin").to_pylist() == [-1, 0, 1]
-    assert table.column("upper_edge").to_pylist() == [None, 1.0, None]
+def test_a_large_shift_in_a_tiny_window_is_material_but_not_significant() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    reference = build_reference(
+        pa.table({"x": rng.normal(0.0, 1.0, 50_000)}), numeric=("x",), categorical=()
+    )
+    alarm, [feature] = compare_tables(reference, pa.table({"x": rng.normal(0.5, 1.0, 12)}))
+    assert feature.value >= feature.threshold  # PSI on 12 rows is large...
+    assert feature.p_adjusted > 0.01 and not alarm  # ...but 12 rows are not evidence
+
+
+def test_benjamini_hochberg_keeps_many_noisy_features_quiet() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    names = [f"x{i}" for i in range(40)]
+    reference = build_reference(
+        pa.table({n: rng.normal(size=3_000) for n in names}), numeric=names, categorical=()
+    )
+    alarms = sum(
+        compare_tables(reference, pa.table({n: rng.normal(size=300) for n in names}))[0]
+        for _ in range(20)
+    )
+    assert alarms <= 1
+
+
+def test_empty_current_window_is_not_a_drift() -> None:
+    reference = build_reference(make_customer_features(200, seed=3))
+    features = compare(reference, count_arrow(make_customer_features(10).slice(0, 0), reference))
+    assert not any(f.is_drifted for f in features)
+    assert all(f.note == "no rows to compare" for f in features)
+
+
+def test_thresholds_are_validated() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        DriftThresholds(alpha=0.0)
+    with pytest.raises(ValueError, match="effect-size"):
+        DriftThresholds(psi=0.0)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from ..warehouse.base import Warehouse
+from ..warehouse.base import Warehouse, ensure_table
 
 LEDGER_TABLE = "raw._load_ledger"
 QUARANTINE_TABLE = "raw._quarantine"
@@ -93,15 +93,6 @@ def new_load_id() -> int:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def ensure_table(warehouse: Warehouse, table: str, schema: pa.Schema) -> None:
-    """Create ``table``, or add the columns of ``schema`` that an older version lacks."""
-    warehouse.create_table(table, schema)
-    existing = warehouse.columns(table)
-    missing = [f for f in schema if f.name not in existing]
-    if missing:
-        warehouse.add_columns(table, pa.schema(missing))
 
 
 def ensure_bookkeeping(warehouse: Warehouse) -> None:

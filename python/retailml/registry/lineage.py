@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..warehouse.base import Warehouse, quote_ident
+from ..warehouse.base import Warehouse, ensure_table, quote_ident
 from .registry import ModelRegistry, ModelVersion, RegistryError, file_sha256
 
 LEDGER_TABLE = "raw._load_ledger"
@@ -196,11 +196,7 @@ def record_training_batches(
     warehouse: Warehouse, model_name: str, model_version: int, batches: pa.Table
 ) -> int:
     """Write a version's ledger rows to ``mlops.model_training_batches`` (replacing any)."""
-    warehouse.create_table(TRAINING_BATCHES_TABLE, TRAINING_BATCHES_SCHEMA)
-    existing = warehouse.columns(TRAINING_BATCHES_TABLE)
-    missing = [f for f in TRAINING_BATCHES_SCHEMA if f.name not in existing]
-    if missing:  # a table from before load ids
-        warehouse.add_columns(TRAINING_BATCHES_TABLE, pa.schema(missing))
+    ensure_table(warehouse, TRAINING_BATCHES_TABLE, TRAINING_BATCHES_SCHEMA)  # adds load ids
     n = batches.num_rows
     table = pa.Table.from_arrays(
         [pa.array([model_name] * n, pa.string()), pa.array([model_version] * n, pa.int64())]

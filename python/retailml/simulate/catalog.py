@@ -82,8 +82,10 @@ PRODUCT_NOUNS: tuple[tuple[str, ...], ...] = (
 
 # -- channels (code = position); signup channels are the first three -----------------------
 CHANNELS: tuple[str, ...] = ("web", "app", "marketplace", "social")
-SIGNUP_CHANNELS: tuple[str, ...] = CHANNELS[:3]
-SIGNUP_CHANNEL_SHARE: tuple[float, ...] = (0.50, 0.35, 0.15)
+SIGNUP_CHANNELS: tuple[str, ...] = CHANNELS
+SIGNUP_CHANNEL_SHARE: tuple[float, ...] = (0.50, 0.35, 0.15, 0.0)  # 'social' only in the drift
+# drift scenario: the campaign's sign-ups come mostly through social media
+SIGNUP_CHANNEL_SHARE_DRIFT: tuple[float, ...] = (0.20, 0.14, 0.06, 0.60)
 LOYALTY_TIERS: tuple[str, ...] = ("bronze", "silver", "gold")
 # lifetime net spend (EUR) from which a customer holds the tier
 LOYALTY_THRESHOLDS: tuple[float, ...] = (0.0, 250.0, 1000.0)

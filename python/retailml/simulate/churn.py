@@ -18,7 +18,7 @@ import numpy as np
 
 BASE_DAILY_HAZARD = 0.004
 TIER_EFFECT: tuple[float, ...] = (0.3, 0.0, -0.6)  # bronze, silver, gold
-CHANNEL_EFFECT: tuple[float, ...] = (0.0, -0.25, 0.45)  # web, app, marketplace
+CHANNEL_EFFECT: tuple[float, ...] = (0.0, -0.25, 0.45, 0.60)  # web, app, marketplace, social
 COUNTRY_EFFECT: tuple[float, ...] = (0.0, -0.10, 0.05, 0.20, 0.35)  # NL, DE, BE, FR, ES
 SENSITIVITY_EFFECT = 0.8  # per unit of price sensitivity (0..1) above 0.4
 PRICE_RISE_EFFECT = 4.0  # per unit of sensitivity x relative price rise

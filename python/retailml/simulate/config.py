@@ -7,6 +7,10 @@ from datetime import date, timedelta
 from typing import Any
 
 DRIFT_PRICE_RISE = 1.08  # every list price rises by 8 % on the drift date
+# the drift scenario's social-media campaign: sign-ups at this multiple of the usual rate
+# for its first days (and most of them through the new 'social' channel)
+DRIFT_CAMPAIGN_SIGNUP_FACTOR = 10.0
+DRIFT_CAMPAIGN_DAYS = 14
 
 
 @dataclass(frozen=True)
@@ -18,7 +22,9 @@ class SimulationConfig:
     initial_customers: int = 2000
     new_customers_per_day: float = 6.0
     n_products: int = 200
-    drift_start: date | None = None  # from this date: channel 'social', a price rise, country ES
+    # from this date: a social-media campaign (sign-ups x10 for 14 days, most through the new
+    # channel 'social'), 15 % of orders through 'social', an 8 % price rise, country ES
+    drift_start: date | None = None
     json_share: float = 0.3  # share of daily partitions written as gzipped JSON Lines
     lines_per_part: int = 250_000  # a day's lines are split into part files of this size
     churn_horizon_days: int = 30  # horizon of the churn ground truth
@@ -53,6 +59,13 @@ class SimulationConfig:
     def is_drift(self, day: int) -> bool:
         drift_day = self.drift_day()
         return drift_day is not None and day >= drift_day
+
+    def signup_factor(self, day: int) -> float:
+        """Sign-ups relative to the usual rate (the drift scenario's campaign)."""
+        drift_day = self.drift_day()
+        if drift_day is not None and drift_day <= day < drift_day + DRIFT_CAMPAIGN_DAYS:
+            return DRIFT_CAMPAIGN_SIGNUP_FACTOR
+        return 1.0
 
     def price_index(self, day: int) -> float:
         """Shop-wide price level relative to the start (the drift price rise)."""

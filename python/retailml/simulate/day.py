@@ -350,10 +350,11 @@ def simulate_day(state: SimState, config: SimulationConfig, day: int) -> DayOutp
     customers.updated_s[changed] = change_s[changed]
 
     # -- signups (they order from tomorrow) ----------------------------------------------
-    n_new = int(rng.poisson(config.new_customers_per_day * intensity))
+    n_new = int(rng.poisson(config.new_customers_per_day * intensity * config.signup_factor(day)))
     signup_s = np.sort(local_times(rng, n_new, day, gap))
+    channel_share = catalog.SIGNUP_CHANNEL_SHARE_DRIFT if drift else catalog.SIGNUP_CHANNEL_SHARE
     state.customers = customers.concat(
-        draw_customers(rng, signup_s, country_share, backdated=False)
+        draw_customers(rng, signup_s, country_share, backdated=False, channel_share=channel_share)
     )
 
     day_lines = _number_and_export_lines(rng, state, (orders, lines), (return_orders, return_lines))

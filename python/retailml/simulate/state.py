@@ -27,7 +27,8 @@ STREAM_FORMAT = 2
 
 MEDIAN_ORDER_RATE = 1.0 / 40.0  # purchases per day of the median customer
 ORDER_RATE_SIGMA = 0.8
-CHANNEL_RATE: tuple[float, ...] = (1.0, 1.25, 0.75)  # web, app, marketplace
+# social: the drift scenario's campaign customers, eager buyers who leave quickly
+CHANNEL_RATE: tuple[float, ...] = (1.0, 1.25, 0.75, 2.5)  # web, app, marketplace, social
 FRAILTY_SIGMA = 0.4
 OPT_IN_SHARE = 0.55
 MAX_INITIAL_TENURE_DAYS = 3 * 365
@@ -158,11 +159,12 @@ def draw_customers(
     country_share: tuple[float, ...],
     *,
     backdated: bool,
+    channel_share: tuple[float, ...] = catalog.SIGNUP_CHANNEL_SHARE,
 ) -> Customers:
     """New customers signing up at ``signup_s``; backdated ones come with a spend history."""
     n = len(signup_s)
     country = sample_codes(rng, country_share, n).astype(np.int8)
-    channel = sample_codes(rng, catalog.SIGNUP_CHANNEL_SHARE, n).astype(np.int8)
+    channel = sample_codes(rng, channel_share, n).astype(np.int8)
     rate = (
         np.exp(rng.normal(np.log(MEDIAN_ORDER_RATE), ORDER_RATE_SIGMA, n))
         * np.asarray(CHANNEL_RATE)[channel]

@@ -55,7 +55,7 @@ from ..features.spec import (
     LABEL,
     NUMERIC_FEATURES,
 )
-from ..monitoring.drift import build_reference, write_drift_reference
+from ..monitoring.drift import DEFAULT_BINS, build_reference, write_drift_reference
 from ..registry import ModelNotFoundError, ModelRegistry, record_training_batches, training_lineage
 from ..warehouse.base import Warehouse
 from . import reports
@@ -574,6 +574,7 @@ def train_churn(
     model_name: str = CHURN_MODEL_NAME,
     n_threads: int | None = 1,
     with_reports: bool = True,
+    drift_bins: int = DEFAULT_BINS,
 ) -> TrainResult:
     """Select, fit, evaluate, register (candidate) and gate a churn model: promoted on ROC
     AUC against production on the same held-out rows, only within the fairness limit.
@@ -583,6 +584,7 @@ def train_churn(
     Raises :class:`TrainingDataError` (nothing registered) when the mart cannot make a model.
     ``n_threads`` bounds the OpenMP/BLAS threads of the fits (``None``: library default);
     one thread is the fastest on a small shared machine (no spinning threads).
+    ``drift_bins``: quantile bins of the drift reference stored with the version.
     """
     started = time.perf_counter()
     with threadpool_limits(limits=n_threads):
@@ -629,8 +631,13 @@ def train_churn(
     )  # fmt: skip
     record_training_batches(warehouse, model_name, version.version, batches)
     # Drift reference: the latest snapshot of the mart (comparable to the scored snapshot).
+    # and the model's scores on it (the reference of prediction drift).
     latest = fit.data.filter(pc.equal(cutoffs, pc.max(cutoffs)))
-    write_drift_reference(warehouse, model_name, version.version, build_reference(latest))
+    latest_scores = positive_scores(fit.pipeline, feature_frame(latest))
+    write_drift_reference(
+        warehouse, model_name, version.version,
+        build_reference(latest, n_bins=drift_bins, scores=latest_scores),
+    )  # fmt: skip
     decision = registry.promote(
         model_name, version.version, metric=PROMOTION_METRIC, higher_is_better=True,
         margin=margin, max_fairness_gap=max_fairness_gap,

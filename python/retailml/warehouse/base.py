@@ -104,3 +104,12 @@ def quote_ident(name: str) -> str:
 def qualified(table: str) -> str:
     schema, name = split_name(table)
     return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def ensure_table(warehouse: Warehouse, table: str, schema: pa.Schema) -> None:
+    """Create ``table``, or add the columns of ``schema`` that an older version lacks."""
+    warehouse.create_table(table, schema)
+    existing = warehouse.columns(table)
+    missing = [f for f in schema if f.name not in existing]
+    if missing:
+        warehouse.add_columns(table, pa.schema(missing))
