@@ -12,12 +12,12 @@ into the online store (Redis by default, under a key prefix of this run that
 is deleted at the end; ``--store embedded`` for SQLite), and an API key. Then:
 
 1. **ours**: ``gunicorn -c python/retailml/serving/gunicorn.conf.py`` (the project's
-   production config: gthread workers, one OpenMP thread each), driven by ``wrk`` on
+   production config: 3 sync workers, one OpenMP thread each), driven by ``wrk`` on
    ``POST /v1/churn/score`` with a random customer id per request (a wrk Lua script over
    ids from the store): bearer-key check, online-store lookup, compiled inference path,
    prediction log (spooled; the server's own flusher moves it to PostgreSQL) all included;
 2. **naive**: a bare Flask app under gunicorn with the same worker count, gunicorn's
-   default sync workers (``--naive-worker-class gthread`` for the same threads as ours) and
+   default sync workers (``--naive-worker-class gthread`` for gthread ones) and
    ``OMP_NUM_THREADS=1``, that reads the same features from the same store, builds a
    one-row DataFrame and calls the pipeline's ``predict_proba`` (no key, no log).
 
@@ -319,10 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up per server")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (both servers)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers (both servers)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")
     parser.add_argument(
-        "--worker-class", choices=["gthread", "sync"], default="gthread", help="ours"
+        "--worker-class",
+        choices=["gthread", "sync"],
+        default="sync",
+        help="ours (production: sync)",
     )
     parser.add_argument(
         "--naive-worker-class",

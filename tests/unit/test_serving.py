@@ -833,8 +833,8 @@ def test_gunicorn_options(settings, monkeypatch):
     options = gunicorn_options(settings.model_copy(update={"api_port": 9123}), threads=2)
     assert options["bind"] == ["127.0.0.1:9123"]
     assert options["workers"] == 3
-    assert options["threads"] == 2
-    assert options["worker_class"] == "gthread"
+    assert options["threads"] == 2  # gunicorn runs sync workers with threads as gthread
+    assert options["worker_class"] == "sync"
     assert options["preload_app"] is False
     assert callable(options["child_exit"])
     assert os.environ["OMP_NUM_THREADS"] == "1"
