@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # -- warehouse
     warehouse: Literal["duckdb", "postgres", "bigquery"] = "duckdb"
     duckdb_path: Path | None = Field(None, description="Default: <data_dir>/warehouse.duckdb")
+    duckdb_memory_limit: str | None = Field(
+        None, description="DuckDB's buffer pool (it lives in the Python process), e.g. 512MB"
+    )
     pg_host: str = "127.0.0.1"
     pg_port: int = 5432
     pg_user: str = "postgres"

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from retailml.monitoring.drift import (
@@ -15,16 +16,17 @@ from retailml.monitoring.drift import (
     NumericReference,
     bin_index,
     build_reference,
-    categorical_counts_sql,
     compare,
     compare_tables,
+    conditional_counts_sql,
     count_arrow,
     count_current,
+    grouping_sets_sql,
     numeric_counts,
-    numeric_counts_sql,
     quantile_edges,
     reference_from_table,
     reference_to_table,
+    unseen_categories_sql,
 )
 from retailml.training.synthetic import make_customer_features
 from retailml.warehouse.duckdb import DuckDBWarehouse
@@ -60,7 +62,7 @@ def test_quantile_edges_of_ties_are_distinct_and_the_bin_count_is_a_setting() ->
         [4.0, 4.0, 4.0, 4.0],
     ],
 )
-def test_pushdown_counts_and_sums_match_numpy(values: list[float | None]) -> None:
+def test_pushdown_counts_match_numpy(values: list[float | None]) -> None:
     table = pa.table(
         {
             "x": pa.array(values, pa.float64()),
@@ -73,38 +75,43 @@ def test_pushdown_counts_and_sums_match_numpy(values: list[float | None]) -> Non
     warehouse.replace_arrow("marts.t", table)
     pushed = count_current(warehouse, "marts.t", reference)
     pulled = count_arrow(table, reference)
-    assert pushed.rows == pulled.rows == len(values)
-    assert pushed.numeric == pulled.numeric
-    assert pushed.categorical == pulled.categorical
-    for feature in ("x", "k"):
-        assert pushed.sums[feature] == pytest.approx(pulled.sums[feature], abs=1e-6)
+    assert pushed == pulled and pushed.rows == len(values)
 
 
-def test_pushdown_filters_the_window_and_handles_an_unseen_category() -> None:
+def test_pushdown_filters_the_window_and_names_unseen_categories() -> None:
     reference_rows = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "c": ["a", "a", "b", None]})
     reference = build_reference(reference_rows, numeric=("x",), categorical=("c",), n_bins=2)
     current = pa.table(
-        {"x": [1.0, 9.0, 9.0, 2.0], "c": ["a", "new", "new", "b"], "day": [1, 2, 2, 1]}
+        {"x": [1.0, 9.0, 9.0, 2.0], "c": ["a", "new", "it's", "b"], "day": [1, 2, 2, 1]}
     )
     warehouse = DuckDBWarehouse(":memory:")
     warehouse.replace_arrow("marts.t", current)
     counts = count_current(warehouse, "marts.t", reference, where="day = ?", params=[2])
     assert counts.rows == 2
-    assert counts.categorical == {"c": {"new": 2}}
+    assert counts.categorical == {"c": {"new": 1, "it's": 1}}
     assert counts.numeric["x"] == (0, 0, 2)  # [null, x <= 2.5, x > 2.5]
+    assert counts == count_arrow(current.filter(pc.equal(current["day"], 2)), reference)
 
 
 def test_sql_is_written_for_each_dialect() -> None:
     reference = DriftReference({"x": NumericReference((1.0,), (0, 1, 1))}, {"c": {"a": 1}})
-    bigquery, _ = numeric_counts_sql("marts.t", reference, dialect="bigquery")
-    assert "as float64)" in bigquery and "double precision" not in bigquery
-    postgres, _ = numeric_counts_sql("marts.t", reference, dialect="postgres")
-    assert "as double precision)" in postgres
-    assert "as string)" in categorical_counts_sql("marts.t", ["c"], dialect="bigquery")
-    assert "grouping sets ((c_0))" in categorical_counts_sql("marts.t", ["c"])
+    bigquery = conditional_counts_sql("marts.t", reference, dialect="bigquery")
+    assert "countif(" in bigquery and "as float64)" in bigquery and "as string)" in bigquery
+    assert "double precision" not in bigquery
+    postgres = conditional_counts_sql("marts.t", reference, dialect="postgres")
+    assert "count(*) filter (where" in postgres and "as double precision)" in postgres
+    assert "group by" not in postgres  # one scan, parallel, no hash table
+    typed = conditional_counts_sql(
+        "marts.t", DriftReference({"k": NumericReference((2.5,), (0, 1, 1))}, {"c": {"a": 1}}),
+        column_types={"k": "bigint", "c": "text"},
+    )  # fmt: skip
+    assert '"k" <= 2)' in typed and "cast(" not in typed  # x <= 2.5 is x <= 2 for integers
+    assert "grouping sets ((k_0), (k_1))" in grouping_sets_sql("marts.t", reference)
+    unseen = unseen_categories_sql("marts.t", "c", ["a", "o'k"], dialect="postgres")
+    assert "not in ('a', 'o''k')" in unseen
     broken = DriftReference({"x": NumericReference((math.inf,), (0, 1, 1))}, {})
     with pytest.raises(Exception, match="not finite"):
-        numeric_counts_sql("marts.t", broken)
+        conditional_counts_sql("marts.t", broken)
 
 
 # -- the reference ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ def open_warehouse(settings: Settings) -> Warehouse:
     if settings.warehouse == "duckdb":
         from .duckdb import DuckDBWarehouse
 
-        return DuckDBWarehouse(settings.duckdb_file)
+        return DuckDBWarehouse(settings.duckdb_file, memory_limit=settings.duckdb_memory_limit)
     if settings.warehouse == "postgres":
         from .postgres import PostgresWarehouse, conninfo, ensure_database
 

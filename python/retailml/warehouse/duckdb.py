@@ -34,7 +34,11 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
 class DuckDBWarehouse:
     kind = "duckdb"
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path | str, *, read_only: bool = False, memory_limit: str | None = None
+    ) -> None:
+        """``memory_limit`` (e.g. ``"256MB"``): DuckDB's buffer pool, which lives in this
+        process (default: DuckDB's, 80 % of RAM)."""
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +51,8 @@ class DuckDBWarehouse:
             ) from exc
         self._lock = threading.RLock()
         self._con.execute("SET TimeZone = 'UTC'")
+        if memory_limit:
+            self._con.execute("SET memory_limit = ?", [memory_limit])
 
     # -- queries --------------------------------------------------------------------
     def execute(self, sql: str, params: Params = None) -> None:
