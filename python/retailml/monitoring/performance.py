@@ -36,6 +36,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from ..features.spec import CHURN_TRAINING_TABLE, CUTOFF, ENTITY_KEY, LABEL
 from ..registry import ModelNotFoundError, ModelRegistry
 from ..training.churn import CHURN_MODEL_NAME
+from ..training.common import TrainingDataError, cast_table
 from ..training.scoring import AS_OF, SCORES_TABLE
 from ..warehouse.base import Warehouse
 
@@ -250,21 +251,14 @@ def evaluate_weeks(
 
 
 def _cast(table: pa.Table, types: Mapping[str, pa.DataType], *, what: str) -> pa.Table:
-    missing = [c for c in types if c not in table.column_names]
-    if missing:
-        raise PerformanceError(f"{what} lack columns {missing}")
-    arrays = []
-    for name, target in types.items():
-        column = table.column(name)
-        if column.null_count:
-            raise PerformanceError(f"{what}: column {name} has {column.null_count} null values")
-        try:
-            arrays.append(pc.cast(column, target))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise PerformanceError(
-                f"{what}: column {name} ({column.type}) cannot be read as {target}: {exc}"
-            ) from exc
-    result = pa.Table.from_arrays(arrays, schema=pa.schema(list(types.items())))
+    try:
+        result = cast_table(table, types, what=what)
+    except TrainingDataError as exc:
+        raise PerformanceError(str(exc)) from exc
+    for name in types:
+        nulls = result.column(name).null_count
+        if nulls:
+            raise PerformanceError(f"{what}: column {name} has {nulls} null values")
     if SCORE in types:
         scores = result.column(SCORE).to_numpy()
         valid = (scores >= 0.0) & (scores <= 1.0)  # NaN is invalid too

@@ -126,12 +126,7 @@ def binned_wasserstein(
     a single value; otherwise it sees the mass moving between bins, not inside one, so the
     warehouse only has to count (no per-bin sums of the current window).
     """
-    ref_counts = _counts(reference_counts, "reference counts")
-    cur_counts = _counts(current_counts, "current counts")
-    if ref_counts.shape != cur_counts.shape:
-        raise ValueError(f"bin counts differ in shape: {ref_counts.shape} vs {cur_counts.shape}")
-    if ref_counts.sum() == 0 or cur_counts.sum() == 0:
-        raise ValueError("need at least one non-null reference and current value")
+    ref_counts, cur_counts = _pair(reference_counts, current_counts)
     points = bin_means(ref_counts, reference_sums, edges)
     return wasserstein_points(points, ref_counts, points, cur_counts)
 
