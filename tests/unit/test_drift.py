@@ -195,3 +195,25 @@ def test_thresholds_are_validated() -> None:
         DriftThresholds(alpha=0.0)
     with pytest.raises(ValueError, match="effect-size"):
         DriftThresholds(psi=0.0)
+
+
+def test_the_bigquery_pushdown_parses_as_bigquery_sql() -> None:
+    import sqlglot
+
+    from retailml.warehouse.bigquery import to_bigquery_sql
+
+    reference = build_reference(make_customer_features(300, seed=3), n_bins=5)
+    queries = [
+        conditional_counts_sql(
+            "marts.ml_customer_features", reference, where="as_of_date = ?", dialect="bigquery"
+        ),
+        unseen_categories_sql(
+            "marts.ml_customer_features", "country", ["NL", "DE"], where="as_of_date = ?",
+            dialect="bigquery",
+        ),
+    ]  # fmt: skip
+    for sql in queries:
+        translated, _ = to_bigquery_sql(sql, ["2024-06-30"])
+        [statement] = sqlglot.parse(translated, read="bigquery")  # raises on a syntax error
+        assert statement is not None and "`country`" in translated and "@p0" in translated
+    assert "countif(`recency_days` <= " in to_bigquery_sql(queries[0], [])[0]
