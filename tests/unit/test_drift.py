@@ -216,4 +216,4 @@ def test_the_bigquery_pushdown_parses_as_bigquery_sql() -> None:
         translated, _ = to_bigquery_sql(sql, ["2024-06-30"])
         [statement] = sqlglot.parse(translated, read="bigquery")  # raises on a syntax error
         assert statement is not None and "`country`" in translated and "@p0" in translated
-    assert "countif(`recency_days` <= " in to_bigquery_sql(queries[0], [])[0]
+    assert "countif(`recency_days` <= " in to_bigquery_sql(queries[0], ["2024-06-30"])[0]
