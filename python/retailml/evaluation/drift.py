@@ -93,14 +93,15 @@ def calibrate(
     columns = ", ".join(quote_ident(c) for c in FEATURES)
     windows = []
     references: dict[date, DriftReference] = {}
+    lag = timedelta(days=7 * lag_weeks)
+    in_production = [c for c in all_cutoffs if drift_start and c + lag <= drift_start]
     for index, cutoff in enumerate(all_cutoffs):
         if cutoff < first or index < lag_weeks:
             continue
         after = drift_start is not None and cutoff >= drift_start
         ref_cutoff = all_cutoffs[index - lag_weeks]
-        if after and drift_start is not None:
-            before = [c for c in all_cutoffs if c + timedelta(days=7 * lag_weeks) <= drift_start]
-            ref_cutoff = before[-1] if before else ref_cutoff
+        if after and in_production:  # the model in production when the drift began
+            ref_cutoff = in_production[-1]
         if ref_cutoff not in references:
             rows = warehouse.query_arrow(
                 f"select {columns} from {table} where {CUTOFF} = ?", [ref_cutoff]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -353,9 +353,8 @@ _TEXT_TYPES = {"text", "varchar", "character varying", "string"}
 def _edge_literal(edge: float, column_type: str | None, dialect: str) -> str:
     """The edge as the column compares cheapest: ``x <= 2.5`` is ``x <= 2`` for an integer
     column (no cast of every row to double precision: a quarter of PostgreSQL's time)."""
-    if column_type in _INTEGER_TYPES and math.isfinite(edge):
-        return str(math.floor(edge))
-    return _float_literal(edge, dialect)
+    literal = _float_literal(edge, dialect)  # raises on a non-finite edge
+    return str(math.floor(edge)) if column_type in _INTEGER_TYPES else literal
 
 
 def _text_literal(value: str) -> str:
@@ -397,7 +396,6 @@ def conditional_counts_sql(
         column = quote_ident(name)
         selects.append(f"count({column}) as n_{i}")
         for j, edge in enumerate(ref.edges):
-            _float_literal(edge, dialect)  # a reference edge must be finite
             condition = f"{column} <= {_edge_literal(edge, types.get(name), dialect)}"
             selects.append(f"{_count_if(condition, dialect)} as n_{i}_{j}")
     for i, (feature, counts) in enumerate(reference.categorical.items()):
@@ -741,7 +739,10 @@ class DriftReport:
     predictions: FeatureDrift | None = None  # prediction drift (None: not checked)
     prediction_note: str = ""
     window_filter: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    # what the verdict was computed from (for the charts)
+    reference: DriftReference | None = None
+    current: CurrentCounts | None = None
+    served: CurrentCounts | None = None  # the logged scores' counts, when judged
 
     @property
     def drifted_features(self) -> list[str]:
@@ -852,7 +853,7 @@ def check_drift(
     features = compare(reference, current, thresholds=thresholds)
 
     predictions, note = None, ""
-    extra: dict[str, Any] = {"current": current}
+    served = None
     if prediction_window_days is not None:
         if reference.scores is None:
             note = (
@@ -876,7 +877,7 @@ def check_drift(
                 )
             else:
                 predictions = compare_scores(reference.scores, logged, thresholds)
-                extra["scores"] = logged
+                served = logged
     report = DriftReport(
         run_at=run_at,
         model_name=model_name,
@@ -889,7 +890,9 @@ def check_drift(
         predictions=predictions,
         prediction_note=note,
         window_filter=where or "",
-        extra=extra,
+        reference=reference,
+        current=current,
+        served=served,
     )
     if write:
         write_drift_results(warehouse, report)

@@ -17,7 +17,7 @@ from ..features.spec import CUSTOMER_FEATURES_TABLE
 from ..registry import ModelRegistry
 from ..warehouse.base import Warehouse
 from .charts import write_charts
-from .drift import SCORE_FEATURE, DriftReport, DriftThresholds, check_drift, read_drift_reference
+from .drift import SCORE_FEATURE, DriftReport, DriftThresholds, check_drift
 from .performance import AUC_DROP, PerformanceReport, check_performance, performance_table
 
 CHART_METRICS = ("roc_auc", "brier", "calibration_gap")
@@ -90,29 +90,28 @@ def run_monitor(
     )
     charts: list[Path] = []
     if charts_dir is not None:
-        charts = _charts(warehouse, drift, performance, charts_dir)
+        charts = _charts(drift, performance, charts_dir)
     return MonitorReport(drift, performance, tuple(charts))
 
 
-def _charts(
-    warehouse: Warehouse, drift: DriftReport, performance: PerformanceReport, out_dir: Path
-) -> list[Path]:
-    reference = read_drift_reference(warehouse, drift.model_name, drift.model_version)
-    drifted = set(drift.drifted_features)
-    current = drift.extra["current"]
-    scores = drift.extra.get("scores")
-    paths = write_charts(
-        out_dir,
-        reference=reference.only(
-            [f for f in reference.numeric if f in drifted],
-            [f for f in reference.categorical if f in drifted],
-            with_scores=scores is not None,
-        ),
-        current_numeric=current.numeric,
-        current_categorical=current.categorical,
-        current_scores=None if scores is None else scores.numeric[SCORE_FEATURE],
-    )
+def _charts(drift: DriftReport, performance: PerformanceReport, out_dir: Path) -> list[Path]:
+    paths: list[Path] = []
+    reference, current, served = drift.reference, drift.current, drift.served
+    if reference is not None and current is not None:
+        drifted = set(drift.drifted_features)
+        paths += write_charts(
+            out_dir,
+            reference=reference.only(
+                [f for f in reference.numeric if f in drifted],
+                [f for f in reference.categorical if f in drifted],
+                with_scores=served is not None,
+            ),
+            current_numeric=current.numeric,
+            current_categorical=current.categorical,
+            current_scores=None if served is None else served.numeric[SCORE_FEATURE],
+        )
     if performance.weeks:  # every matured week, as this run wrote them
-        rows = performance_table(performance)
-        paths += write_charts(out_dir, performance=rows, metrics=CHART_METRICS)
+        paths += write_charts(
+            out_dir, performance=performance_table(performance), metrics=CHART_METRICS
+        )
     return paths
